@@ -1,0 +1,40 @@
+# One-command entry points. Every target sets up .venv first (idempotent).
+#   make study  - set up and run the default study (Snakemake, 2 cores)
+#   make test   - set up and run the test suite
+#   make ui     - serve the MLflow UI on http://127.0.0.1:5000
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Stage shells call `python -m pipeline.<stage>`: put the venv first on their PATH.
+RUN := PATH="$(BIN):$$PATH"
+UI_PORT ?= 5000
+
+.PHONY: setup study test lint ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and on its own: the CPU build on disk; otherwise a dependency's
+	# unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+study: setup
+	$(RUN) $(BIN)/snakemake
+
+test: setup
+	$(RUN) $(BIN)/pytest -q
+
+lint: setup
+	$(RUN) $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
+	$(BIN)/ruff check pipeline tests bench
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+clean:
+	rm -rf results .snakemake

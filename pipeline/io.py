@@ -1,0 +1,48 @@
+"""Atomic file output: write to a temporary file beside the target, then rename.
+
+A crash or a kill leaves either the old file or the new one, never a half-written file, so
+Snakemake and resumed runs can trust whatever exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(target: str | os.PathLike, obj: object) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet(target: str | os.PathLike, table: pa.Table) -> None:
+    """Write ``table`` so that equal tables give byte-identical files (no pandas index,
+    fixed compression, no creation time in the metadata)."""
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd", store_schema=False)

@@ -1,0 +1,71 @@
+rule generate_prompts:
+    """The project's own OCR-style prompts (default study): train and test prompt files."""
+    input:
+        spec="datasets/sources/ocr_scenes.yaml",
+        code=stage_sources("generate_prompts"),
+        mlflow=ancient(MLFLOW_RECORD),
+    output:
+        train=f"{DATASET_DIR}/sources/train.txt",
+        test=f"{DATASET_DIR}/sources/test.txt",
+        vocab=f"{DATASET_DIR}/sources/vocab.json",
+        run_id=f"{DATASET_DIR}/sources/mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/generate_prompts.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        cfg=stage_params("dataset", "source", "generator"),
+    shell:
+        "python -m pipeline.generate_prompts --spec {input.spec} --config-json {params.cfg:q} "
+        "--train {output.train} --test {output.test} --vocab {output.vocab} "
+        "--mlflow-record {input.mlflow} --rule generate_prompts --run-id-file {output.run_id} "
+        "> {log} 2>&1"
+
+
+rule curate_dataset:
+    """OCR-Color-10 curation of one split: keep, augment with a colour sentence, or drop."""
+    input:
+        source=prompt_source,
+        code=stage_sources("curate"),
+        mlflow=ancient(MLFLOW_RECORD),
+    output:
+        table=f"{DATASET_DIR}/{{split}}.parquet",
+        stats=f"{DATASET_DIR}/{{split}}_stats.json",
+        run_id=f"{DATASET_DIR}/{{split}}_mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/curate_dataset_{{split}}.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        cfg=stage_params("dataset", "curation"),
+        seed=CFG.dataset.curation.seed,
+        lines=line_range_flag,
+        wildcards=wildcards_json,
+    shell:
+        "python -m pipeline.curate --source {input.source} --out {output.table} "
+        "--seed {params.seed} {params.lines} --stats {output.stats} "
+        "--mlflow-record {input.mlflow} --rule curate_dataset --wildcards {params.wildcards:q} "
+        "--run-id-file {output.run_id} > {log} 2>&1"
+
+
+rule dataset_card:
+    """The curated dataset's card: counts by colour, source, split and drop reason."""
+    input:
+        unpack(card_inputs),
+        code=stage_sources("dataset_card"),
+        mlflow=ancient(MLFLOW_RECORD),
+    output:
+        card=f"{DATASET_DIR}/README.md",
+        run_id=f"{DATASET_DIR}/card_mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/dataset_card.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        name=CFG.dataset.name,
+        flags=card_flags,
+    shell:
+        "python -m pipeline.dataset_card --name {params.name} "
+        "--stats train={input.train} --stats test={input.test} {params.flags} "
+        "--out {output.card} --mlflow-record {input.mlflow} --rule dataset_card "
+        "--run-id-file {output.run_id} > {log} 2>&1"

@@ -1,0 +1,49 @@
+"""Agreement figures: hand-computed F1s, and our rules against the published split."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.agreement import compare, f1_score
+from pipeline.curate import curate
+
+
+def test_f1_by_hand():
+    truth = pd.Series([True, True, False, False, True])
+    pred = pd.Series([True, False, True, False, True])
+    # tp=2, fp=1, fn=1 -> 4 / (4 + 1 + 1)
+    assert f1_score(truth, pred) == 4 / 6
+    assert f1_score(pd.Series([False]), pd.Series([False])) == 0.0
+
+
+def test_compare_by_hand():
+    ours = pd.DataFrame(
+        {"line_id": [0, 1, 2, 4], "source": ["allowed", "augmented", "allowed", "augmented"],
+         "color": ["red", "blue", "blue", "red"]}
+    )
+    published = pd.DataFrame(
+        {"line_id": [0, 2, 3, 4], "source": ["allowed", "allowed", "augmented", "allowed"],
+         "color": ["red", "green", "pink", "red"]}
+    )
+    result = compare(ours, published, range(5))
+    # drops: ours {3}, published {1}: no true positive
+    assert result.drop_f1 == 0.0
+    # both keep 0, 2, 4: published allowed {0,2,4}, ours allowed {0,2} -> tp 2, fn 1
+    assert result.allowed_f1 == 4 / 5
+    # both allowed 0, 2: colours agree on 0 only
+    assert result.color_agreement == 0.5
+    assert result.n_both_allowed == 2
+
+
+def test_rules_agree_with_published_split(shared_data):
+    """Acceptance: our rules on lines 0-554 of Flow-GRPO's OCR test prompts vs the published
+    OCR-Color-10 test split (targets from the issue: 0.55, 0.75, 0.90)."""
+    prompts = (shared_data / "flow_grpo_ocr_test.txt").read_text(encoding="utf-8").splitlines()
+    table, _ = curate(prompts, range(555), seed=0)
+    published = pd.read_csv(shared_data / "ocr_color_10_test.csv")
+    result = compare(table.to_pandas(), published, range(555))
+    print(f"drop F1 {result.drop_f1:.3f}, allowed F1 {result.allowed_f1:.3f}, "
+          f"colour agreement {result.color_agreement:.3f}")
+    assert result.drop_f1 >= 0.55
+    assert result.allowed_f1 >= 0.75
+    assert result.color_agreement >= 0.90

@@ -1,0 +1,123 @@
+"""Config validation: the default config loads; bad configs fail naming key and value."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline import config
+from tests.conftest import REPO
+
+
+def default_raw() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_loads():
+    cfg = config.load(default_raw())
+    assert cfg.dataset.source.kind == "generated"
+    assert cfg.mlflow.tracking_uri.startswith("sqlite:///")
+
+
+def _set(raw: dict, path: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        # unknown key
+        ("dataset.curation.sed", 1, "'dataset.curation.sed': unknown key"),
+        ("extra_top_level", 1, "'extra_top_level': unknown key"),
+        # wrong type
+        ("dataset.source.generator.n_train", "many", "'dataset.source.generator.n_train': 'many'"),
+        # out of range
+        ("dataset.source.generator.n_train", -5, "-5 is less than the minimum of 1"),
+        ("dataset.source.generator.heldout_fraction", 1.0, "'dataset.source.generator.heldout_fraction': 1.0"),
+        # not one of the allowed values
+        ("dataset.source.kind", "web", "'dataset.source.kind': 'web'"),
+        # pattern: the refused file store
+        ("mlflow.tracking_uri", "file:///tmp/mlruns", "'mlflow.tracking_uri': 'file:///tmp/mlruns'"),
+        # bad name characters
+        ("study", "my study", "'study': 'my study'"),
+    ],
+)
+def test_bad_values_name_key_and_value(path, value, expected):
+    with pytest.raises(config.ConfigError) as error:
+        config.load(_set(default_raw(), path, value), source="test.yaml")
+    assert expected in str(error.value)
+    assert "test.yaml" in str(error.value)
+
+
+def test_missing_required_key():
+    raw = default_raw()
+    del raw["dataset"]
+    with pytest.raises(config.ConfigError, match="'dataset' is a required property"):
+        config.load(raw)
+
+
+def test_files_source_requires_paths():
+    raw = _set(default_raw(), "dataset.source.kind", "files")
+    with pytest.raises(config.ConfigError, match="'files' is a required property"):
+        config.load(raw)
+
+
+def test_missing_input_file_names_the_key(tmp_path):
+    raw = _set(default_raw(), "dataset.source.kind", "files")
+    raw = _set(raw, "dataset.source.files", {"train": str(tmp_path / "nope.txt"), "test": str(tmp_path / "t.txt")})
+    with pytest.raises(config.ConfigError, match=r"'dataset.source.files.train': file .*nope.txt"):
+        config.load(raw)
+
+
+def test_word_length_bounds_are_ordered():
+    raw = _set(default_raw(), "dataset.source.generator.word_min_len", 7)
+    with pytest.raises(config.ConfigError, match="word_min_len' \\(7\\) is greater than word_max_len"):
+        config.load(raw)
+
+
+def test_several_errors_are_all_reported():
+    raw = _set(_set(default_raw(), "dataset.curation.seed", -1), "mlflow.experiment", "")
+    message = str(pytest.raises(config.ConfigError, config.load, raw).value)
+    assert "dataset.curation.seed" in message and "mlflow.experiment" in message
+
+
+def _schema_keys(schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, sub in schema.get("properties", {}).items():
+        keys.add(prefix + name)
+        keys |= _schema_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def _dataclass_keys(cls, prefix: str = "") -> set[str]:
+    keys = set()
+    for field in dataclasses.fields(cls):
+        keys.add(prefix + field.name)
+        factory = field.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            keys |= _dataclass_keys(factory, f"{prefix}{field.name}.")
+    return keys
+
+
+def test_dataclasses_mirror_the_schema():
+    schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    assert _schema_keys(schema) == _dataclass_keys(config.StudyConfig)
+
+
+def test_every_shipped_config_is_valid():
+    for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
+        config.load_file(path, check_paths=False)
+
+
+def test_canonical_json_is_order_independent():
+    assert config.canonical_json({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
+    assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
