@@ -18,12 +18,18 @@ def test_f1_by_hand():
 
 def test_compare_by_hand():
     ours = pd.DataFrame(
-        {"line_id": [0, 1, 2, 4], "source": ["allowed", "augmented", "allowed", "augmented"],
-         "color": ["red", "blue", "blue", "red"]}
+        {
+            "line_id": [0, 1, 2, 4],
+            "source": ["allowed", "augmented", "allowed", "augmented"],
+            "color": ["red", "blue", "blue", "red"],
+        }
     )
     published = pd.DataFrame(
-        {"line_id": [0, 2, 3, 4], "source": ["allowed", "allowed", "augmented", "allowed"],
-         "color": ["red", "green", "pink", "red"]}
+        {
+            "line_id": [0, 2, 3, 4],
+            "source": ["allowed", "allowed", "augmented", "allowed"],
+            "color": ["red", "green", "pink", "red"],
+        }
     )
     result = compare(ours, published, range(5))
     # drops: ours {3}, published {1}: no true positive
@@ -42,8 +48,10 @@ def test_rules_agree_with_published_split(shared_data):
     table, _ = curate(prompts, range(555), seed=0)
     published = pd.read_csv(shared_data / "ocr_color_10_test.csv")
     result = compare(table.to_pandas(), published, range(555))
-    print(f"drop F1 {result.drop_f1:.3f}, allowed F1 {result.allowed_f1:.3f}, "
-          f"colour agreement {result.color_agreement:.3f}")
+    print(
+        f"drop F1 {result.drop_f1:.3f}, allowed F1 {result.allowed_f1:.3f}, "
+        f"colour agreement {result.color_agreement:.3f}"
+    )
     assert result.drop_f1 >= 0.55
     assert result.allowed_f1 >= 0.75
     assert result.color_agreement >= 0.90

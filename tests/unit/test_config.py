@@ -42,7 +42,11 @@ def _set(raw: dict, path: str, value) -> dict:
         ("dataset.source.generator.n_train", "many", "'dataset.source.generator.n_train': 'many'"),
         # out of range
         ("dataset.source.generator.n_train", -5, "-5 is less than the minimum of 1"),
-        ("dataset.source.generator.heldout_fraction", 1.0, "'dataset.source.generator.heldout_fraction': 1.0"),
+        (
+            "dataset.source.generator.heldout_fraction",
+            1.0,
+            "'dataset.source.generator.heldout_fraction': 1.0",
+        ),
         # not one of the allowed values
         ("dataset.source.kind", "web", "'dataset.source.kind': 'web'"),
         # pattern: the refused file store
@@ -73,7 +77,9 @@ def test_files_source_requires_paths():
 
 def test_missing_input_file_names_the_key(tmp_path):
     raw = _set(default_raw(), "dataset.source.kind", "files")
-    raw = _set(raw, "dataset.source.files", {"train": str(tmp_path / "nope.txt"), "test": str(tmp_path / "t.txt")})
+    raw = _set(
+        raw, "dataset.source.files", {"train": str(tmp_path / "nope.txt"), "test": str(tmp_path / "t.txt")}
+    )
     with pytest.raises(config.ConfigError, match=r"'dataset.source.files.train': file .*nope.txt"):
         config.load(raw)
 

@@ -32,7 +32,7 @@ from pipeline.palette import COLOR_NAMES
         # Colours elsewhere in the scene do not describe the text.
         ('A road sign that says "STOP", under a clear blue sky.', "augmented", None, None),
         ('A blue sky over a field. A wooden sign says "FARM".', "augmented", None, None),
-        ('A banner reads \u201cHELLO\u201d in bold purple letters.', "allowed", "purple", None),
+        ("A banner reads \u201cHELLO\u201d in bold purple letters.", "allowed", "purple", None),
     ],
 )
 def test_decide(prompt, action, color, reason):
@@ -77,7 +77,9 @@ def test_cli_output_columns_counts_and_determinism(tmp_path):
     source = _write_source(tmp_path)
     first, second, other_seed = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
     stats = tmp_path / "stats.json"
-    assert curate.main(["--source", str(source), "--out", str(first), "--seed", "7", "--stats", str(stats)]) == 0
+    assert (
+        curate.main(["--source", str(source), "--out", str(first), "--seed", "7", "--stats", str(stats)]) == 0
+    )
     assert curate.main(["--source", str(source), "--out", str(second), "--seed", "7"]) == 0
     assert curate.main(["--source", str(source), "--out", str(other_seed), "--seed", "8"]) == 0
     assert first.read_bytes() == second.read_bytes()
@@ -91,8 +93,10 @@ def test_cli_output_columns_counts_and_determinism(tmp_path):
     assert (row.source, row.color, row.text) == ("allowed", "red", "TEA")
     assert (row.color_r, row.color_g, row.color_b) == (220, 30, 30)
     augmented = table[table.source == "augmented"]
-    assert all(p.endswith(f'The color of the text "{t}" is {c}.') for p, t, c in zip(
-        augmented.prompt, augmented.text, augmented.color, strict=True))
+    assert all(
+        p.endswith(f'The color of the text "{t}" is {c}.')
+        for p, t, c in zip(augmented.prompt, augmented.text, augmented.color, strict=True)
+    )
     counts = json.loads(stats.read_text())
     assert counts["dropped"] == {"no_quoted_text": 1, "light_without_color": 1}
     assert counts["by_source"] == {"allowed": 1, "augmented": 21}

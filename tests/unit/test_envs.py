@@ -32,5 +32,7 @@ def test_env_files_match_pyproject():
         assert pip_lists, f"{path.name}: no pip section"
         pinned = _pins([r for r in pip_lists[0] if not r.startswith("-")])
         for name, version in pinned.items():
-            assert expected.get(name) == version, f"{path.name}: {name}=={version}, pyproject has {expected.get(name)}"
+            assert expected.get(name) == version, (
+                f"{path.name}: {name}=={version}, pyproject has {expected.get(name)}"
+            )
         assert pinned == expected, f"{path.name} lists other packages than pyproject.toml"

@@ -19,8 +19,16 @@ def _args(record: Path, rule: str, wildcards: dict, run_id_file: Path) -> argpar
     parser = argparse.ArgumentParser()
     tracking.add_arguments(parser)
     return parser.parse_args(
-        ["--mlflow-record", str(record), "--rule", rule, "--wildcards", json.dumps(wildcards),
-         "--run-id-file", str(run_id_file)]
+        [
+            "--mlflow-record",
+            str(record),
+            "--rule",
+            rule,
+            "--wildcards",
+            json.dumps(wildcards),
+            "--run-id-file",
+            str(run_id_file),
+        ]
     )
 
 
@@ -28,8 +36,21 @@ def _args(record: Path, rule: str, wildcards: dict, run_id_file: Path) -> argpar
 def record(tmp_path) -> Path:
     out = tmp_path / "experiment.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert mlflow_init.main(["--tracking-uri", uri, "--experiment", "test", "--artifact-root",
-                             str(tmp_path / "art"), "--out", str(out)]) == 0
+    assert (
+        mlflow_init.main(
+            [
+                "--tracking-uri",
+                uri,
+                "--experiment",
+                "test",
+                "--artifact-root",
+                str(tmp_path / "art"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 from tests.conftest import REPO
 
 # What a study needs from the repository (results/ and .snakemake/ are per copy).
-WORKFLOW_PARTS = ("Snakefile", "config.yaml", "configs", "rules", "pipeline", "envs", "profiles", "datasets/sources")
+WORKFLOW_PARTS = (
+    "Snakefile",
+    "config.yaml",
+    "configs",
+    "rules",
+    "pipeline",
+    "envs",
+    "profiles",
+    "datasets/sources",
+)
 
 
 def copy_workflow(dest: Path) -> Path:
