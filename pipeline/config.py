@@ -76,10 +76,50 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class OcrSettings:
+    # rapidocr runs PaddleOCR's PP-OCR models as ONNX, shipped inside the wheel (offline).
+    backend: str = "rapidocr"
+    # auto: recognition only for single-line shapes (the mini model's 32 x 128 images),
+    # detection + recognition otherwise.
+    mode: str = "auto"
+    paddle_det_dir: str | None = None
+    paddle_rec_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ColorSettings:
+    # Softmax temperature over the palette in Delta-E units: ~10 keeps shades of one name
+    # above 0.8 and a neighbouring name's prototype below 0.2 (pipeline/rewards/color.py).
+    temperature: float = 10.0
+    use_ocr_boxes: bool = True
+
+
+@dataclass(frozen=True)
+class PickScoreSettings:
+    model_dir: str | None = None
+    processor_dir: str | None = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    # What the scoring stage computes for every evaluation image.
+    score: tuple[str, ...] = ("ocr", "color", "quality")
+    ocr: OcrSettings = field(default_factory=OcrSettings)
+    color: ColorSettings = field(default_factory=ColorSettings)
+    pickscore: PickScoreSettings = field(default_factory=PickScoreSettings)
+
+    def settings(self) -> dict:
+        """Per-reward options for :func:`pipeline.rewards.build_rewards` (no ``score`` list)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "score"}
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: str
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
 
 
 def _key_path(path) -> str:
@@ -123,7 +163,9 @@ def _build(cls, raw: dict):
             continue
         value = raw[f.name]
         nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        kwargs[f.name] = _build(nested, value) if dataclasses.is_dataclass(nested) else value
+        if dataclasses.is_dataclass(nested):
+            value = _build(nested, value)
+        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
 
 
@@ -141,6 +183,9 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
         for key, path in input_paths(cfg).items():
             if not Path(path).is_file():
                 raise ConfigError(f"{source}: config key {key!r}: file {path!r} does not exist")
+        for key, path in input_dirs(cfg).items():
+            if not path or not Path(path).is_dir():
+                raise ConfigError(f"{source}: config key {key!r}: local folder {path!r} does not exist")
     return cfg
 
 
@@ -153,6 +198,17 @@ def input_paths(cfg: StudyConfig) -> dict[str, str]:
     if cfg.dataset.compare_with is not None:
         paths["dataset.compare_with"] = cfg.dataset.compare_with
     return paths
+
+
+def input_dirs(cfg: StudyConfig) -> dict[str, str]:
+    """Every local model folder the config needs, by key path."""
+    dirs = {}
+    if "pickscore" in cfg.rewards.score:
+        dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
+    if cfg.rewards.ocr.backend == "paddleocr":
+        dirs["rewards.ocr.paddle_det_dir"] = cfg.rewards.ocr.paddle_det_dir or ""
+        dirs["rewards.ocr.paddle_rec_dir"] = cfg.rewards.ocr.paddle_rec_dir or ""
+    return dirs
 
 
 def load_file(path: str | Path, check_paths: bool = True) -> StudyConfig:

@@ -127,3 +127,25 @@ def test_every_shipped_config_is_valid():
 def test_canonical_json_is_order_independent():
     assert config.canonical_json({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
     assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
+
+
+def test_unknown_reward_name_in_config():
+    raw = _set(default_raw(), "rewards.score", ["ocr", "beauty"])
+    with pytest.raises(config.ConfigError, match="'rewards.score.1': 'beauty' is invalid"):
+        config.load(raw)
+
+
+def test_pickscore_without_local_model_names_the_key():
+    raw = _set(default_raw(), "rewards.score", ["pickscore"])
+    with pytest.raises(
+        config.ConfigError, match="'rewards.pickscore.model_dir': local folder '' does not exist"
+    ):
+        config.load(raw)
+
+
+def test_reward_settings_build_every_reward_option():
+    from pipeline.rewards import build_rewards
+
+    cfg = config.load(default_raw())
+    rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.settings())
+    assert rewards["color"].temperature == cfg.rewards.color.temperature

@@ -1,0 +1,70 @@
+"""Reward registry: every reward is built from config by name.
+
+``build_rewards(["ocr", "color"], settings)`` -> ``{name: Reward}``; an unknown name is an
+error that lists the valid names. Rewards share one signature,
+``reward(images, prompts, metadata) -> float32 [N]`` (:mod:`pipeline.rewards.base`).
+"""
+
+from __future__ import annotations
+
+from pipeline.rewards.base import Reward, RewardOutput
+from pipeline.rewards.color import ColorReward
+from pipeline.rewards.ocr import OcrEngine
+from pipeline.rewards.ocr_reward import OcrReward
+from pipeline.rewards.pickscore import PickScoreReward
+from pipeline.rewards.quality import QualityReward
+
+
+def _ocr_engine(settings: dict, threads: int) -> OcrEngine:
+    ocr = settings.get("ocr", {})
+    return OcrEngine(
+        backend=ocr.get("backend", "rapidocr"),
+        mode=ocr.get("mode", "auto"),
+        threads=threads,
+        paddle_det_dir=ocr.get("paddle_det_dir"),
+        paddle_rec_dir=ocr.get("paddle_rec_dir"),
+    )
+
+
+REWARDS: dict[str, type[Reward]] = {
+    cls.name: cls for cls in (OcrReward, ColorReward, QualityReward, PickScoreReward)
+}
+
+
+def check_names(names: list[str]) -> None:
+    """Fail on unknown reward names, listing the valid ones."""
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise ValueError(
+            f"unknown reward(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARDS)}"
+        )
+
+
+def build_rewards(
+    names: list[str], settings: dict | None = None, device: str = "cpu", ocr_threads: int = 0
+) -> dict[str, Reward]:
+    """Build the named rewards, sharing one OCR engine among those that read text.
+
+    Args:
+        names: reward names, e.g. ``["ocr", "color", "quality"]``.
+        settings: the ``rewards`` config section (per-reward options).
+        device: torch device for model-based rewards.
+        ocr_threads: onnxruntime threads of the shared OCR engine (0 = default).
+    """
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise ValueError(
+            f"unknown reward(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARDS)}"
+        )
+    settings = settings or {}
+    shared: list[OcrEngine] = []
+
+    def engine() -> OcrEngine:
+        if not shared:
+            shared.append(_ocr_engine(settings, ocr_threads))
+        return shared[0]
+
+    return {name: REWARDS[name].from_settings(settings.get(name, {}), engine, device) for name in names}
+
+
+__all__ = ["REWARDS", "Reward", "RewardOutput", "build_rewards", "check_names"]

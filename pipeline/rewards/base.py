@@ -1,0 +1,80 @@
+"""The reward interface: ``reward(images, prompts, metadata) -> float32 [N]``.
+
+``metadata`` is one dict per image. Rewards read the target text (``text``; else the
+prompt's first double-quoted span) and colour (``color``) from it, and a precomputed
+:class:`~pipeline.rewards.ocr.OcrReading` under ``ocr`` if the caller has one, so that
+several rewards reading the same image run OCR once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.curation import first_quoted_span
+from pipeline.palette import COLOR_NAMES
+from pipeline.rewards.ocr import OcrEngine
+
+
+@dataclass
+class RewardOutput:
+    """Scores and their explanations.
+
+    Attributes:
+        scores: ``[N]`` float32.
+        details: one dict per image of explanation columns (``reason`` is set, non-empty,
+            when an image could not be scored and got 0).
+    """
+
+    scores: np.ndarray
+    details: list[dict] = field(default_factory=list)
+
+
+class Reward:
+    """Base class: subclasses set ``name`` and implement :meth:`score`."""
+
+    name: str = ""
+    needs_ocr: bool = False
+    # Per-image rewards are spread over worker processes by the scoring stage; the others
+    # (model-based, batched) run once over all images in the main process.
+    per_image: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: dict, engine: Callable[[], OcrEngine], device: str) -> Reward:
+        """Build from this reward's config section; ``engine()`` returns the shared OCR engine."""
+        return cls(**settings)
+
+    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        raise NotImplementedError
+
+    def __call__(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> np.ndarray:
+        return self.score(images, prompts, metadata).scores
+
+
+def target_text(prompt: str, meta: dict, row: int) -> str:
+    """The text image ``row`` must show: ``meta['text']`` or the prompt's first quoted span."""
+    text = meta.get("text")
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        span = first_quoted_span(prompt)
+        text = (span.group(1) or span.group(2)) if span else ""
+    if not str(text).strip():
+        raise ValueError(
+            f"row {row}: no target text (no 'text' value and no quoted span in prompt {prompt!r})"
+        )
+    return str(text)
+
+
+def target_color(meta: dict, row: int) -> str:
+    color = meta.get("color")
+    if color not in COLOR_NAMES:
+        raise ValueError(f"row {row}: target colour {color!r} is not one of {', '.join(COLOR_NAMES)}")
+    return color
+
+
+def check_lengths(images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> None:
+    if not len(images) == len(prompts) == len(metadata):
+        raise ValueError(
+            f"{len(images)} images, {len(prompts)} prompts and {len(metadata)} metadata rows differ"
+        )

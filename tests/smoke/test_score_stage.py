@@ -1,0 +1,116 @@
+"""The batch scoring stage: long table, workers agree with one process, input errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import score
+from pipeline.palette import PALETTE
+from tests.render import LIGHT, render
+
+NAMES = ("ocr", "color", "quality")
+
+
+def write_samples(folder, rows):
+    """``rows``: (text rendered, target text, colour rendered, target colour)."""
+    records = []
+    for i, (shown, target, drawn, wanted) in enumerate(rows):
+        path = folder / f"img_{i}.png"
+        Image.fromarray(render(shown, PALETTE[drawn], LIGHT)).save(path)
+        records.append(
+            {
+                "image_path": path.name,
+                "prompt": f'A sign "{target}"',
+                "text": target,
+                "color": wanted,
+                "sample_id": i,
+                "method": "base",
+            }
+        )
+    samples = folder / "samples.parquet"
+    pd.DataFrame(records).to_parquet(samples)
+    return samples
+
+
+@pytest.fixture
+def samples(tmp_path):
+    rows = [
+        ("HELLO", "HELLO", "red", "red"),
+        ("TIGER", "TIGER", "blue", "green"),
+        ("CAMRA", "CAMERA", "black", "black"),
+    ]
+    rows = rows * 4  # 12 images: two chunks per worker
+    return write_samples(tmp_path, rows)
+
+
+def test_long_table_one_row_per_image_and_reward(samples, tmp_path):
+    out = tmp_path / "rewards.parquet"
+    assert (
+        score.main(
+            ["--samples", str(samples), "--out", str(out), "--rewards", ",".join(NAMES), "--workers", "2"]
+        )
+        == 0
+    )
+    table = pd.read_parquet(out)
+    assert len(table) == 12 * 3
+    assert list(table["reward"][:3]) == list(NAMES)
+    assert {"sample_id", "method", "score", "reason", "ocr_text", "color_pred", "quality_contrast"} <= set(
+        table.columns
+    )
+    ocr = table[table.reward == "ocr"].set_index("sample_id")
+    assert ocr.loc[0, "score"] == 1.0 and ocr.loc[0, "ocr_exact"]
+    assert ocr.loc[2, "score"] == pytest.approx(5 / 6) and ocr.loc[2, "ocr_distance"] == 1
+    color = table[table.reward == "color"].set_index("sample_id")
+    assert color.loc[1, "color_pred"] == "blue" and color.loc[1, "score"] < 0.1
+
+    single = tmp_path / "single.parquet"
+    assert (
+        score.main(
+            ["--samples", str(samples), "--out", str(single), "--rewards", ",".join(NAMES), "--workers", "1"]
+        )
+        == 0
+    )
+    pd.testing.assert_frame_equal(table, pd.read_parquet(single))
+
+
+def test_missing_image_fails_naming_the_file(samples, tmp_path):
+    (tmp_path / "img_3.png").unlink()
+    with pytest.raises(SystemExit, match="row 3: image file .*img_3.png does not exist"):
+        score.main(["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr"])
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_corrupt_image_fails_naming_the_file(samples, tmp_path):
+    (tmp_path / "img_5.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="img_5.png cannot be read"):
+        score.main(
+            [
+                "--samples",
+                str(samples),
+                "--out",
+                str(tmp_path / "r.parquet"),
+                "--rewards",
+                "ocr",
+                "--workers",
+                "1",
+            ]
+        )
+
+
+def test_row_without_target_text_fails_naming_the_row(tmp_path):
+    samples = write_samples(tmp_path, [("HELLO", "HELLO", "red", "red")] * 3)
+    table = pd.read_parquet(samples)
+    table.loc[2, "text"] = None
+    table.loc[2, "prompt"] = "A sign without a quote"
+    table.to_parquet(samples)
+    with pytest.raises(SystemExit, match="row 2: no target text"):
+        score.main(["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr"])
+
+
+def test_unknown_reward_fails_listing_names(samples, tmp_path):
+    with pytest.raises(SystemExit, match="valid names: ocr, color, quality, pickscore"):
+        score.main(
+            ["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr,beauty"]
+        )
