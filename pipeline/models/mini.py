@@ -1,0 +1,251 @@
+"""The ``mini`` backend: a small pixel-space text-to-image model that trains on 2 CPU cores.
+
+It stands in for SD3.5-Medium in the default study and goes through the same policy
+interface, sampler and trainer. Architecture (sizes in :class:`MiniConfig`):
+
+* **What it reads.** Not every scene word: a parsed view of the prompt — the target text
+  (the first double-quoted span) and the colour the prompt names for it (the curated
+  sentence ``The color of the text "..." is <colour>.``, else the colour the curation rules
+  read around the quoted span, else none). Nothing else reaches the model; in particular no
+  side channel of the target beyond what the prompt says.
+* **Tokenizer.** Built offline in code: one token per printable ASCII character of the
+  text, one token per palette colour (plus "no colour"), and special tokens.
+* **Text encoder.** Token + position embeddings and a small Transformer encoder:
+  ``[B, T] -> [B, T, d_model]``, the cross-attention context.
+* **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images
+  (``[B, 3, 32, 128] -> [B, 12, 16, 64]``), cross-attention at the two lower resolutions.
+  Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.curation import decide, first_quoted_span
+from pipeline.models.policy import Conditioning
+from pipeline.palette import COLOR_NAMES
+
+AUGMENTED_SENTENCE = re.compile(r'The colou?r of the text "([^"]*)" is ([a-z]+)\.')
+PAD, NULL, BOS = 0, 1, 2
+CHAR_OFFSET = 3  # printable ASCII 32..126 follow the special tokens
+N_CHARS = 95
+COLOR_OFFSET = CHAR_OFFSET + N_CHARS
+NO_COLOR = COLOR_OFFSET + len(COLOR_NAMES)
+VOCAB_SIZE = NO_COLOR + 1
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    height: int = 32
+    width: int = 128
+    # Longest target text the tokenizer keeps (characters); longer texts are cut.
+    max_text_len: int = 12
+    d_model: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    attention_head_dim: int = 8
+    # Pixel-unshuffle factor: 2 turns [3, 32, 128] into [12, 16, 64] (fewer, richer pixels).
+    unshuffle: int = 2
+
+    @property
+    def seq_len(self) -> int:
+        return self.max_text_len + 2  # BOS/NULL + text + colour
+
+
+def parse_prompt(prompt: str) -> tuple[str, str | None]:
+    """``(target text, colour or None)``: the parsed view of a prompt the mini model reads."""
+    match = AUGMENTED_SENTENCE.search(prompt)
+    if match and match.group(2) in COLOR_NAMES:
+        return match.group(1), match.group(2)
+    span = first_quoted_span(prompt)
+    text = (span.group(1) or span.group(2)) if span else ""
+    return text, decide(prompt).color
+
+
+class MiniTokenizer:
+    """Character tokens of the target text plus one colour token (module docstring)."""
+
+    def __init__(self, max_text_len: int):
+        self.max_text_len = max_text_len
+
+    def encode(self, prompt: str) -> list[int]:
+        text, color = parse_prompt(prompt)
+        chars = [
+            CHAR_OFFSET + ord(c) - 32 if 32 <= ord(c) <= 126 else CHAR_OFFSET
+            for c in text[: self.max_text_len]
+        ]
+        chars += [PAD] * (self.max_text_len - len(chars))
+        color_token = NO_COLOR if color is None else COLOR_OFFSET + COLOR_NAMES.index(color)
+        return [BOS, *chars, color_token]
+
+    def unconditional(self) -> list[int]:
+        return [NULL] + [PAD] * self.max_text_len + [NULL]
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        """``[B, seq_len]`` token ids."""
+        return torch.tensor([self.encode(p) for p in prompts], dtype=torch.long)
+
+
+class TextEncoder(nn.Module):
+    """``[B, T]`` token ids -> ``[B, T, d_model]`` context."""
+
+    def __init__(self, config: MiniConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(VOCAB_SIZE, config.d_model)
+        self.positions = nn.Parameter(torch.zeros(1, config.seq_len, config.d_model))
+        layer = nn.TransformerEncoderLayer(
+            config.d_model,
+            config.text_heads,
+            4 * config.d_model,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.text_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.d_model)
+        nn.init.normal_(self.positions, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.encoder(self.tokens(ids) + self.positions))
+
+
+class MiniModel(nn.Module):
+    """Text encoder + UNet; ``forward(pixels, sigma, ids)`` returns the velocity."""
+
+    def __init__(self, config: MiniConfig):
+        super().__init__()
+        self.config = config
+        channels = 3 * config.unshuffle**2
+        self.text_encoder = TextEncoder(config)
+        self.unet = UNet2DConditionModel(
+            sample_size=(config.height // config.unshuffle, config.width // config.unshuffle),
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=config.block_out_channels,
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",)
+            + ("CrossAttnDownBlock2D",) * (len(config.block_out_channels) - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (len(config.block_out_channels) - 1) + ("UpBlock2D",),
+            cross_attention_dim=config.d_model,
+            attention_head_dim=config.attention_head_dim,
+            norm_num_groups=8,
+        )
+
+    def forward(self, pixels: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Velocity ``[B, 3, H, W]`` at ``pixels`` ``[B, 3, H, W]``.
+
+        ``sigma`` is ``[B]`` in 0..1 and ``context`` the text encoding ``[B, T, D]``.
+        """
+        r = self.config.unshuffle
+        hidden = nn.functional.pixel_unshuffle(pixels, r)
+        # The UNet's timestep embedding expects diffusers' 0..1000 timestep scale.
+        out = self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample
+        return nn.functional.pixel_shuffle(out, r)
+
+
+def save_mini(model: MiniModel, folder: str | Path) -> None:
+    """``config.json`` + ``model.safetensors`` (full weights, adapters merged if any)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors")
+
+
+def load_mini(folder: str | Path) -> MiniModel:
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"mini model folder {folder} has no {name}")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["block_out_channels"] = tuple(raw["block_out_channels"])
+    model = MiniModel(MiniConfig(**raw))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model
+
+
+@dataclass
+class MiniPolicy:
+    """The :class:`~pipeline.models.policy.Policy` of a :class:`MiniModel`.
+
+    Args:
+        model: the model (its text encoder stays frozen during RL).
+        lora_rank: LoRA rank on the UNet's attention projections; 0 = full fine-tuning of
+            the UNet (the reference policy is then a frozen copy of the initial weights).
+        lora_alpha: LoRA scaling numerator.
+    """
+
+    model: MiniModel
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self):
+        config = self.model.config
+        self.latent_shape = (3, config.height, config.width)
+        self.tokenizer = MiniTokenizer(config.max_text_len)
+        self.model.to(self.device)
+        self.model.text_encoder.requires_grad_(False)
+        self._frozen_copy = None
+        if self.lora_rank > 0:
+            from peft import LoraConfig
+
+            self.model.unet.requires_grad_(False)
+            self.model.unet.add_adapter(
+                LoraConfig(
+                    r=self.lora_rank,
+                    lora_alpha=self.lora_alpha or self.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                )
+            )
+        else:
+            self._frozen_copy = copy.deepcopy(self.model.unet).requires_grad_(False)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def encode(self, prompts: list[str]) -> tuple[Conditioning, Conditioning]:
+        ids = self.tokenizer(prompts).to(self.device)
+        null = torch.tensor([self.tokenizer.unconditional()] * len(prompts), device=self.device)
+        with torch.no_grad():
+            cond, uncond = self.model.text_encoder(ids), self.model.text_encoder(null)
+        return Conditioning({"context": cond}), Conditioning({"context": uncond})
+
+    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.model(latents, sigma.to(latents.dtype), cond.tensors["context"])
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        images = ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.unet.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self):
+        if self.lora_rank > 0:
+            self.model.unet.disable_adapters()
+            try:
+                yield
+            finally:
+                self.model.unet.enable_adapters()
+        else:
+            trained, self.model.unet = self.model.unet, self._frozen_copy
+            try:
+                yield
+            finally:
+                self.model.unet = trained

@@ -1,0 +1,82 @@
+"""Noise schedules and tree branching schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+
+def flow_sigmas(num_steps: int, shift: float = 3.0) -> torch.Tensor:
+    """``[num_steps + 1]`` sigmas from 1 to 0, exactly as diffusers' flow-matching Euler
+    scheduler sets them for SD3 (``shift`` 3.0 is SD3's)."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(num_steps)
+    return scheduler.sigmas.float()
+
+
+@dataclass(frozen=True)
+class TreeSchedule:
+    """Where a tree branches.
+
+    Every prompt starts ``roots`` trajectories; at step ``branch_steps[j]`` every node
+    spawns ``branch_factors[j]`` children from the same SDE mean with independent noise;
+    on other steps every node continues on one path, by SDE (``between="sde"``, the step is
+    trainable) or ODE (``between="ode"``, deterministic and not trained). No branching with
+    ``roots = G`` is plain GRPO group sampling.
+
+    Attributes:
+        num_steps: denoising steps.
+        roots: trajectories started per prompt (K).
+        branch_steps: step indices (0-based, increasing) where nodes branch.
+        branch_factors: children per node at each branching step (>= 2).
+        between: ``"sde"`` or ``"ode"``.
+    """
+
+    num_steps: int
+    roots: int
+    branch_steps: tuple[int, ...] = ()
+    branch_factors: tuple[int, ...] = ()
+    between: str = "sde"
+
+    def __post_init__(self):
+        if self.num_steps < 1 or self.roots < 1:
+            raise ValueError(f"tree: num_steps ({self.num_steps}) and roots ({self.roots}) must be >= 1")
+        if len(self.branch_steps) != len(self.branch_factors):
+            raise ValueError(
+                f"tree: {len(self.branch_steps)} branch_steps but {len(self.branch_factors)} branch_factors"
+            )
+        if list(self.branch_steps) != sorted(set(self.branch_steps)):
+            raise ValueError(f"tree: branch_steps {list(self.branch_steps)} must be increasing and unique")
+        if any(not 0 <= s < self.num_steps for s in self.branch_steps):
+            raise ValueError(
+                f"tree: branch_steps {list(self.branch_steps)} must lie in 0..{self.num_steps - 1}"
+            )
+        if any(f < 2 for f in self.branch_factors):
+            raise ValueError(f"tree: branch_factors {list(self.branch_factors)} must be >= 2")
+        if self.between not in ("sde", "ode"):
+            raise ValueError(f"tree: between {self.between!r} must be 'sde' or 'ode'")
+
+    def factor(self, step: int) -> int:
+        """Children per node at ``step`` (1 when the step does not branch)."""
+        return dict(zip(self.branch_steps, self.branch_factors, strict=True)).get(step, 1)
+
+    def is_stochastic(self, step: int) -> bool:
+        return self.factor(step) > 1 or self.between == "sde"
+
+    @property
+    def leaves_per_prompt(self) -> int:
+        return self.roots * math.prod(self.branch_factors)
+
+    def nodes_per_depth(self) -> list[int]:
+        """Nodes per prompt at every depth 0..num_steps (depth d = state after d steps)."""
+        counts = [self.roots]
+        for step in range(self.num_steps):
+            counts.append(counts[-1] * self.factor(step))
+        return counts
+
+    def nfe_per_prompt(self, guidance_rows: int = 1) -> int:
+        """Transformer rows per prompt: one evaluation per node per step (x2 with CFG)."""
+        return guidance_rows * sum(self.nodes_per_depth()[:-1])
