@@ -96,8 +96,7 @@ def main() -> int:
             print(f"  plain single-process loop : {n / loop_s:7.1f} img/s")
             print(f"  batch stage, 1 worker     : {n / one_s:7.1f} img/s")
             print(
-                f"  batch stage, 2 workers    : {n / two_s:7.1f} img/s "
-                f"({loop_s / two_s:.2f}x the plain loop)"
+                f"  batch stage, 2 workers    : {n / two_s:7.1f} img/s ({loop_s / two_s:.2f}x the plain loop)"
             )
     return 0
 

@@ -1,0 +1,150 @@
+"""The ``sd3`` backend: Stable Diffusion 3 / 3.5 components from a local folder, LoRA via peft.
+
+The folder is a diffusers ``StableDiffusion3Pipeline`` layout (``model_index.json``,
+``transformer/``, ``vae/``, ``text_encoder{,_2,_3}/``, ``tokenizer{,_2,_3}/``), read with
+``local_files_only=True``: nothing is downloaded. Only the transformer's LoRA adapter trains;
+the reference policy is the same transformer with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.models.policy import Conditioning
+
+# Flow-GRPO's LoRA targets: every attention projection of the joint (MM-DiT) blocks.
+LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
+
+class SD3Policy:
+    """Args:
+    model_dir: local diffusers SD3 folder (config ``model.path``).
+    device, dtype: where and in which precision the frozen parts and the transformer run.
+    resolution: image side in pixels.
+    lora_rank, lora_alpha: LoRA size (Flow-GRPO: 32 / 64); rank 0 trains nothing.
+    max_sequence_length: T5 tokens (Flow-GRPO uses 128).
+    gradient_checkpointing: trade compute for activation memory in training.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        resolution: int = 512,
+        lora_rank: int = 32,
+        lora_alpha: int = 64,
+        max_sequence_length: int = 128,
+        gradient_checkpointing: bool = False,
+    ):
+        model_dir = Path(model_dir)
+        if not (model_dir / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"model.path: {model_dir} is not a local diffusers SD3 folder (no model_index.json)"
+            )
+        from diffusers import StableDiffusion3Pipeline
+
+        self.device, self.dtype = torch.device(device), dtype
+        self.pipe = StableDiffusion3Pipeline.from_pretrained(
+            model_dir, torch_dtype=dtype, local_files_only=True
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        for part in (
+            self.pipe.transformer,
+            self.pipe.vae,
+            self.pipe.text_encoder,
+            self.pipe.text_encoder_2,
+            self.pipe.text_encoder_3,
+        ):
+            if part is not None:
+                part.to(self.device).requires_grad_(False)
+        self.transformer = self.pipe.transformer
+        self.max_sequence_length = max_sequence_length
+        scale = self.pipe.vae_scale_factor
+        if resolution % (scale * self.transformer.config.patch_size):
+            raise ValueError(
+                f"model.resolution {resolution} must be a multiple of {scale * self.transformer.config.patch_size}"
+            )
+        self.latent_shape = (self.transformer.config.in_channels, resolution // scale, resolution // scale)
+        self.lora_rank = lora_rank
+        if lora_rank > 0:
+            from peft import LoraConfig
+
+            self.transformer.add_adapter(
+                LoraConfig(
+                    r=lora_rank,
+                    lora_alpha=lora_alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(LORA_TARGETS),
+                )
+            )
+            # Adapter weights train in float32 whatever the base dtype (bf16 updates of small
+            # LoRA weights lose most of their mantissa).
+            for param in self.trainable_parameters():
+                param.data = param.data.float()
+        if gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.transformer
+
+    def encode(self, prompts: list[str]) -> tuple[Conditioning, Conditioning]:
+        with torch.no_grad():
+            embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+                prompts,
+                prompts,
+                prompts,
+                device=self.device,
+                do_classifier_free_guidance=True,
+                negative_prompt=[""] * len(prompts),
+                negative_prompt_2=[""] * len(prompts),
+                negative_prompt_3=[""] * len(prompts),
+                max_sequence_length=self.max_sequence_length,
+            )
+        return (
+            Conditioning({"embeds": embeds, "pooled": pooled}),
+            Conditioning({"embeds": negative, "pooled": negative_pooled}),
+        )
+
+    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.transformer(
+                hidden_states=latents.to(self.dtype),
+                timestep=(sigma * 1000.0).to(self.dtype),  # SD3 embeds timesteps on the 0..1000 scale
+                encoder_hidden_states=cond.tensors["embeds"],
+                pooled_projections=cond.tensors["pooled"],
+                return_dict=False,
+            )[0]
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self):
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
