@@ -14,10 +14,13 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    method="|".join(CFG.methods) or "none",
 
 
 include: "rules/tracking.smk"
 include: "rules/dataset.smk"
+include: "rules/pretrain.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -61,7 +61,8 @@ def main() -> int:
         rows.append((name, nfe, statistics.median(times)))
     base_nfe, base_time = rows[0][1], rows[0][2]
     print(
-        f"{args.prompts} prompts x 8 leaves, {args.steps} steps, CFG {args.guidance}, median of {args.repeats}"
+        f"{args.prompts} prompts x 8 leaves, {args.steps} steps, CFG {args.guidance}, "
+        f"median of {args.repeats}"
     )
     print(f"{'variant':30s} {'NFE':>6s} {'wall s':>8s} {'NFE ratio':>10s} {'time ratio':>11s}")
     for name, nfe, seconds in rows:

@@ -115,11 +115,130 @@ class RewardsConfig:
 
 
 @dataclass(frozen=True)
+class MiniModelConfig:
+    # Sizes of the mini backend (pipeline/models/mini.py); ~4.6M parameters by default.
+    max_text_len: int = 12
+    d_model: int = 128
+    text_layers: int = 2
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    # Character position map channels (0 = off); it makes the fixed-layout task learnable
+    # in minutes on 2 cores (model card).
+    position_map_channels: int = 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # mini: built and pretrained by the workflow; sd3: a local diffusers SD3 folder (path).
+    backend: str = "mini"
+    path: str | None = None
+    resolution: int = 512  # sd3 only; the mini model is 32 x 128
+    dtype: str = "float32"
+    mini: MiniModelConfig = field(default_factory=MiniModelConfig)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    # Step budget and wall-clock budget: training stops at whichever comes first.
+    steps: int = 800
+    max_minutes: float = 10.0
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    # Share of examples trained without text, so classifier-free guidance has an
+    # unconditional model to contrast with.
+    caption_dropout: float = 0.1
+    # Logit-normal noise levels: sigmoid(N(mean, std^2)), as SD3 trains.
+    sigma_mean: float = 0.0
+    sigma_std: float = 1.0
+    # Colour shades drawn up to this far (Delta-E) from each name's prototype, and the share
+    # of images on a competing palette-coloured background (pipeline/render.py).
+    shade_spread: float = 12.0
+    competing_background: float = 0.2
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    # Denoising steps of RL rollouts and of evaluation (Flow-GRPO: 10 and 40 for SD3.5).
+    train_steps: int = 10
+    eval_steps: int = 16
+    guidance: float = 4.0
+    # SDE noise level a (Flow-GRPO: 0.7 for Flow-SDE, 0.8 for CPS).
+    noise_level: float = 0.7
+    sde_type: str = "sde"
+    shift: float = 3.0  # SD3's sigma shift
+    max_batch: int = 64  # rows per model call
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    # SDE group statistics of the base model: prompts and samples per prompt.
+    group_prompts: int = 24
+    group_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Iteration budget and wall-clock budget: training stops at whichever comes first
+    # (the iterations reached are recorded).
+    iterations: int = 24
+    max_minutes: float = 10.0
+    prompts_per_iteration: int = 4
+    learning_rate: float = 3e-5
+    weight_decay: float = 1e-4
+    # LoRA on the denoiser's attention projections; 0 = full fine-tuning (mini only).
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    # PPO clip range on dimension-averaged log-probabilities (Flow-GRPO: 1e-4 .. 1e-3).
+    clip_range: float = 1e-3
+    # Weight of the KL penalty to the reference policy (Flow-GRPO: 0.04 for OCR).
+    beta: float = 0.04
+    max_grad_norm: float = 1.0
+    # Optimizer steps per iteration; the trained edges are split evenly between them.
+    optimizer_steps_per_iteration: int = 2
+    microbatch: int = 32  # edges per forward/backward pass (gradient accumulation)
+    # Guidance of the RL rollouts and loss (1 = no CFG, as Flow-GRPO's no-CFG variants; it
+    # halves the cost). Evaluation uses sampling.guidance.
+    guidance: float = 1.0
+    train_last_step: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA; Flow-GRPO uses 0.9
+    checkpoint_every: int = 4
+    seed: int = 0
+    # Reward weights, shared by every method. Default: each reward's nominal range counts
+    # once (ocr and color are 0..1, quality is 0..10).
+    reward_weights: dict = field(default_factory=lambda: {"ocr": 1.0, "color": 1.0, "quality": 0.1})
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    # Tree: roots per prompt, branching steps and factors, and how non-branching steps run.
+    roots: int = 8
+    branch_steps: tuple[int, ...] = ()
+    branch_factors: tuple[int, ...] = ()
+    between: str = "sde"
+    # mix_then_normalize (Flow-GRPO) or normalize_then_mix (reward-based grouping).
+    mixing: str = "mix_then_normalize"
+    std_mode: str = "group"  # group | global (the std over all prompts at one depth)
+    renormalize: str = "none"  # none | group | batch, after normalize_then_mix
+    aggregate: str = "mean"  # node value over descendant leaves: mean | max
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: str
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # name -> method; built from the config's methods section
+    methods: dict = field(default_factory=dict)
 
 
 def _key_path(path) -> str:
@@ -179,6 +298,10 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
     """
     validate(raw, source)
     cfg = _build(StudyConfig, raw)
+    methods = {name: _build(MethodConfig, method) for name, method in raw.get("methods", {}).items()}
+    cfg = dataclasses.replace(cfg, methods=methods)
+    for name, method in methods.items():
+        _check_method(name, method, cfg.sampling.train_steps, source)
     if check_paths:
         for key, path in input_paths(cfg).items():
             if not Path(path).is_file():
@@ -187,6 +310,24 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
             if not path or not Path(path).is_dir():
                 raise ConfigError(f"{source}: config key {key!r}: local folder {path!r} does not exist")
     return cfg
+
+
+def _check_method(name: str, method: MethodConfig, steps: int, source: str) -> None:
+    key = f"methods.{name}"
+    if len(method.branch_steps) != len(method.branch_factors):
+        raise ConfigError(
+            f"{source}: config key {key!r}: {len(method.branch_steps)} branch_steps but "
+            f"{len(method.branch_factors)} branch_factors"
+        )
+    if any(step >= steps - 1 for step in method.branch_steps):
+        raise ConfigError(
+            f"{source}: config key '{key}.branch_steps': {list(method.branch_steps)} must be below "
+            f"sampling.train_steps - 1 = {steps - 1} (the last step is not trained)"
+        )
+    if list(method.branch_steps) != sorted(set(method.branch_steps)):
+        raise ConfigError(
+            f"{source}: config key '{key}.branch_steps': {list(method.branch_steps)} must increase"
+        )
 
 
 def input_paths(cfg: StudyConfig) -> dict[str, str]:
@@ -205,6 +346,8 @@ def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     dirs = {}
     if "pickscore" in cfg.rewards.score:
         dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
+    if cfg.model.backend == "sd3":
+        dirs["model.path"] = cfg.model.path or ""
     if cfg.rewards.ocr.backend == "paddleocr":
         dirs["rewards.ocr.paddle_det_dir"] = cfg.rewards.ocr.paddle_det_dir or ""
         dirs["rewards.ocr.paddle_rec_dir"] = cfg.rewards.ocr.paddle_rec_dir or ""

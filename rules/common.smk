@@ -1,6 +1,7 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
 import json
+from pathlib import Path
 
 from pipeline import config as study_config
 
@@ -13,6 +14,22 @@ MLFLOW_RECORD = f"{RESULTS}/mlflow_experiment.json"
 SPLITS = ("train", "test")
 
 
+REWARD_SOURCES = [
+    f"pipeline/rewards/{name}.py"
+    for name in (
+        "__init__",
+        "base",
+        "color",
+        "foreground",
+        "images",
+        "ocr",
+        "ocr_reward",
+        "pickscore",
+        "quality",
+    )
+]
+BASE_DIR = f"{RESULTS}/base_model"
+
 # The pipeline/ modules each stage runs, so that editing one reruns only the stages using it.
 COMMON_SOURCES = [
     "pipeline/__init__.py",
@@ -24,6 +41,53 @@ STAGE_SOURCES = {
     "mlflow_init": ["pipeline/mlflow_init.py"],
     "generate_prompts": ["pipeline/generate_prompts.py", "pipeline/palette.py"],
     "curate": ["pipeline/curate.py", "pipeline/curation.py", "pipeline/palette.py"],
+    "pretrain": [
+        "pipeline/pretrain.py",
+        "pipeline/checkpoint.py",
+        "pipeline/flow_matching.py",
+        "pipeline/render.py",
+        "pipeline/models/__init__.py",
+        "pipeline/models/mini.py",
+        "pipeline/models/policy.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+        "pipeline/rewards/images.py",
+    ],
+    "model_card": [
+        "pipeline/model_card.py",
+        "pipeline/evaluation.py",
+        "pipeline/models/__init__.py",
+        "pipeline/models/mini.py",
+        "pipeline/models/policy.py",
+        "pipeline/sampling/__init__.py",
+        "pipeline/sampling/sde.py",
+        "pipeline/sampling/schedule.py",
+        "pipeline/sampling/tree.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+        *REWARD_SOURCES,
+    ],
+    "train": [
+        "pipeline/train.py",
+        "pipeline/checkpoint.py",
+        "pipeline/evaluation.py",
+        "pipeline/rl/__init__.py",
+        "pipeline/rl/advantages.py",
+        "pipeline/rl/ema.py",
+        "pipeline/rl/loss.py",
+        "pipeline/rl/trainer.py",
+        "pipeline/models/__init__.py",
+        "pipeline/models/mini.py",
+        "pipeline/models/sd3.py",
+        "pipeline/models/policy.py",
+        "pipeline/sampling/__init__.py",
+        "pipeline/sampling/sde.py",
+        "pipeline/sampling/schedule.py",
+        "pipeline/sampling/tree.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+        *REWARD_SOURCES,
+    ],
     "dataset_card": [
         "pipeline/dataset_card.py",
         "pipeline/agreement.py",
@@ -34,7 +98,13 @@ STAGE_SOURCES = {
 
 
 def stage_sources(stage):
-    """The Python sources of ``stage`` (inputs, so that a code change reruns it)."""
+    """The Python sources of ``stage`` (inputs, so that a code change reruns it).
+
+    ``mlflow_init`` lists only its own module: every other rule depends on its record, so
+    editing a shared module must not rerun it (that would rerun the whole study).
+    """
+    if stage == "mlflow_init":
+        return STAGE_SOURCES[stage]
     return COMMON_SOURCES + STAGE_SOURCES[stage]
 
 
@@ -44,6 +114,60 @@ def stage_params(*path):
     for key in path:
         node = getattr(node, key)
     return study_config.canonical_json(node)
+
+
+def json_params(**slices):
+    """Canonical JSON of several config slices, e.g. ``json_params(pretrain=CFG.pretrain)``."""
+    import dataclasses
+
+    return study_config.canonical_json(
+        {k: dataclasses.asdict(v) for k, v in slices.items()}
+    )
+
+
+def output_dir(wildcards, output):
+    """The folder of a rule's first output (for stages that take an output folder)."""
+    return str(Path(output[0]).parent)
+
+
+def vocab_flag(wildcards, input):
+    """``--vocab FILE`` where the study's prompts come from the generator."""
+    return f"--vocab {input.vocab}" if "vocab" in input.keys() else ""
+
+
+def base_model_dir():
+    """The folder the RL stages start from: the pretrained mini model or the local SD3 folder."""
+    return f"{BASE_DIR}/model" if CFG.model.backend == "mini" else CFG.model.path
+
+
+def base_model_files(wildcards):
+    """Files whose change must retrain every method."""
+    if CFG.model.backend == "mini":
+        return [f"{BASE_DIR}/model/model.safetensors", f"{BASE_DIR}/model/config.json"]
+    return [f"{CFG.model.path}/model_index.json"]
+
+
+def method_params(wildcards):
+    """Canonical JSON of everything one method's training reads from the config."""
+    return json_params(
+        train=CFG.train,
+        method=CFG.methods[wildcards.method],
+        sampling=CFG.sampling,
+        rewards=CFG.rewards,
+        model=CFG.model,
+    )
+
+
+def card_eval_inputs(wildcards):
+    """The base model card's inputs: the model, the test split, the vocabulary if any."""
+    inputs = {
+        "model": f"{BASE_DIR}/model/model.safetensors",
+        "info": f"{BASE_DIR}/train_info.json",
+        "test": f"{DATASET_DIR}/test.parquet",
+    }
+    if CFG.dataset.source.kind == "generated":
+        inputs["vocab"] = f"{DATASET_DIR}/sources/vocab.json"
+    return inputs
 
 
 def wildcards_json(wildcards):
@@ -91,7 +215,11 @@ def card_flags(wildcards, input):
 
 def study_targets():
     """Everything the study produces (rule ``all``)."""
-    return [
+    targets = [
         *(f"{DATASET_DIR}/{split}.parquet" for split in SPLITS),
         f"{DATASET_DIR}/README.md",
     ]
+    if CFG.model.backend == "mini":
+        targets.append(f"{BASE_DIR}/card/README.md")
+    targets += [f"{RESULTS}/train/{method}/metrics.parquet" for method in CFG.methods]
+    return targets

@@ -3,7 +3,7 @@ rule generate_prompts:
     input:
         spec="datasets/sources/ocr_scenes.yaml",
         code=stage_sources("generate_prompts"),
-        mlflow=ancient(MLFLOW_RECORD),
+        mlflow=MLFLOW_RECORD,
     output:
         train=f"{DATASET_DIR}/sources/train.txt",
         test=f"{DATASET_DIR}/sources/test.txt",
@@ -27,7 +27,7 @@ rule curate_dataset:
     input:
         source=prompt_source,
         code=stage_sources("curate"),
-        mlflow=ancient(MLFLOW_RECORD),
+        mlflow=MLFLOW_RECORD,
     output:
         table=f"{DATASET_DIR}/{{split}}.parquet",
         stats=f"{DATASET_DIR}/{{split}}_stats.json",
@@ -53,7 +53,7 @@ rule dataset_card:
     input:
         unpack(card_inputs),
         code=stage_sources("dataset_card"),
-        mlflow=ancient(MLFLOW_RECORD),
+        mlflow=MLFLOW_RECORD,
     output:
         card=f"{DATASET_DIR}/README.md",
         run_id=f"{DATASET_DIR}/card_mlflow_run_id.txt",

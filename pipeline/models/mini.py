@@ -12,9 +12,14 @@ interface, sampler and trainer. Architecture (sizes in :class:`MiniConfig`):
   text, one token per palette colour (plus "no colour"), and special tokens.
 * **Text encoder.** Token + position embeddings and a small Transformer encoder:
   ``[B, T] -> [B, T, d_model]``, the cross-attention context.
-* **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images
-  (``[B, 3, 32, 128] -> [B, 12, 16, 64]``), cross-attention at the two lower resolutions.
-  Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
+* **Character position map** (optional, ``position_map_channels > 0``). The i-th
+  character's learned embedding is painted into the i-th character's column band of extra
+  input channels, where the renderer's fixed layout (``left_px``, ``advance_px``) puts that
+  character. It tells the denoiser *where* each letter goes, which the small model cannot
+  learn from cross-attention alone in minutes; it only works because the layout is fixed.
+* **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images (and map)
+  (``[B, 3 + m, 32, 128] -> [B, 4 (3 + m), 16, 64]``), cross-attention at the two lower
+  resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ class MiniConfig:
     attention_head_dim: int = 8
     # Pixel-unshuffle factor: 2 turns [3, 32, 128] into [12, 16, 64] (fewer, richer pixels).
     unshuffle: int = 2
+    # Channels of the character position map (0 = no map) and the layout it follows
+    # (pipeline.render.Layout: first character's left edge and per-character advance, px).
+    position_map_channels: int = 8
+    left_px: float = 8.0
+    advance_px: float = 13.25
 
     @property
     def seq_len(self) -> int:
@@ -127,12 +137,21 @@ class MiniModel(nn.Module):
     def __init__(self, config: MiniConfig):
         super().__init__()
         self.config = config
-        channels = 3 * config.unshuffle**2
+        r2 = config.unshuffle**2
         self.text_encoder = TextEncoder(config)
+        self.char_map = (
+            nn.Embedding(VOCAB_SIZE, config.position_map_channels) if config.position_map_channels else None
+        )
+        # Column -> index of the character drawn there (-1: no character), [W].
+        columns = (torch.arange(config.width) + 0.5 - config.left_px) / config.advance_px
+        band = torch.where(
+            (columns >= 0) & (columns < config.max_text_len), columns.floor(), torch.tensor(-1.0)
+        )
+        self.register_buffer("column_char", band.long(), persistent=False)
         self.unet = UNet2DConditionModel(
             sample_size=(config.height // config.unshuffle, config.width // config.unshuffle),
-            in_channels=channels,
-            out_channels=channels,
+            in_channels=(3 + config.position_map_channels) * r2,
+            out_channels=3 * r2,
             block_out_channels=config.block_out_channels,
             layers_per_block=1,
             down_block_types=("DownBlock2D",)
@@ -143,12 +162,29 @@ class MiniModel(nn.Module):
             norm_num_groups=8,
         )
 
-    def forward(self, pixels: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def position_map(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` token ids -> ``[B, m, H, W]``: character i's embedding in column band i."""
+        chars = ids[:, 1 : 1 + self.config.max_text_len]  # [B, max_text_len]
+        embedded = self.char_map(chars)  # [B, max_text_len, m]
+        inside = (self.column_char >= 0).float()[None, :, None]  # [1, W, 1]
+        per_column = embedded[:, self.column_char.clamp(min=0)] * inside  # [B, W, m]
+        return per_column.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, self.config.height, -1)
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        sigma: torch.Tensor,
+        context: torch.Tensor,
+        ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Velocity ``[B, 3, H, W]`` at ``pixels`` ``[B, 3, H, W]``.
 
-        ``sigma`` is ``[B]`` in 0..1 and ``context`` the text encoding ``[B, T, D]``.
+        ``sigma`` is ``[B]`` in 0..1, ``context`` the text encoding ``[B, T, D]`` and ``ids``
+        the token ids ``[B, T]`` (needed by the position map).
         """
         r = self.config.unshuffle
+        if self.char_map is not None:
+            pixels = torch.cat([pixels, self.position_map(ids).to(pixels.dtype)], dim=1)
         hidden = nn.functional.pixel_unshuffle(pixels, r)
         # The UNet's timestep embedding expects diffusers' 0..1000 timestep scale.
         out = self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample
@@ -185,12 +221,14 @@ class MiniPolicy:
         lora_rank: LoRA rank on the UNet's attention projections; 0 = full fine-tuning of
             the UNet (the reference policy is then a frozen copy of the initial weights).
         lora_alpha: LoRA scaling numerator.
+        trainable: False for inference only (no adapter, no reference copy, nothing trains).
     """
 
     model: MiniModel
     lora_rank: int = 0
     lora_alpha: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    trainable: bool = True
 
     def __post_init__(self):
         config = self.model.config
@@ -198,8 +236,12 @@ class MiniPolicy:
         self.tokenizer = MiniTokenizer(config.max_text_len)
         self.model.to(self.device)
         self.model.text_encoder.requires_grad_(False)
+        if self.model.char_map is not None:
+            self.model.char_map.requires_grad_(False)
         self._frozen_copy = None
-        if self.lora_rank > 0:
+        if not self.trainable:
+            self.model.requires_grad_(False).eval()
+        elif self.lora_rank > 0:
             from peft import LoraConfig
 
             self.model.unet.requires_grad_(False)
@@ -223,10 +265,10 @@ class MiniPolicy:
         null = torch.tensor([self.tokenizer.unconditional()] * len(prompts), device=self.device)
         with torch.no_grad():
             cond, uncond = self.model.text_encoder(ids), self.model.text_encoder(null)
-        return Conditioning({"context": cond}), Conditioning({"context": uncond})
+        return Conditioning({"context": cond, "ids": ids}), Conditioning({"context": uncond, "ids": null})
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return self.model(latents, sigma.to(latents.dtype), cond.tensors["context"])
+        return self.model(latents, sigma.to(latents.dtype), cond.tensors["context"], cond.tensors["ids"])
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         images = ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -31,7 +31,7 @@ LORA_TARGETS = (
 
 class SD3Policy:
     """Args:
-    model_dir: local diffusers SD3 folder (config ``model.path``).
+    pipe: a ``StableDiffusion3Pipeline`` (see :meth:`from_pretrained`).
     device, dtype: where and in which precision the frozen parts and the transformer run.
     resolution: image side in pixels.
     lora_rank, lora_alpha: LoRA size (Flow-GRPO: 32 / 64); rank 0 trains nothing.
@@ -41,7 +41,7 @@ class SD3Policy:
 
     def __init__(
         self,
-        model_dir: str | Path,
+        pipe,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         resolution: int = 512,
@@ -50,34 +50,18 @@ class SD3Policy:
         max_sequence_length: int = 128,
         gradient_checkpointing: bool = False,
     ):
-        model_dir = Path(model_dir)
-        if not (model_dir / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"model.path: {model_dir} is not a local diffusers SD3 folder (no model_index.json)"
-            )
-        from diffusers import StableDiffusion3Pipeline
-
         self.device, self.dtype = torch.device(device), dtype
-        self.pipe = StableDiffusion3Pipeline.from_pretrained(
-            model_dir, torch_dtype=dtype, local_files_only=True
-        )
+        self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        for part in (
-            self.pipe.transformer,
-            self.pipe.vae,
-            self.pipe.text_encoder,
-            self.pipe.text_encoder_2,
-            self.pipe.text_encoder_3,
-        ):
+        for part in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
             if part is not None:
-                part.to(self.device).requires_grad_(False)
-        self.transformer = self.pipe.transformer
+                part.to(self.device, dtype).requires_grad_(False)
+        self.transformer = pipe.transformer
         self.max_sequence_length = max_sequence_length
-        scale = self.pipe.vae_scale_factor
-        if resolution % (scale * self.transformer.config.patch_size):
-            raise ValueError(
-                f"model.resolution {resolution} must be a multiple of {scale * self.transformer.config.patch_size}"
-            )
+        scale = pipe.vae_scale_factor
+        multiple = scale * self.transformer.config.patch_size
+        if resolution % multiple:
+            raise ValueError(f"model.resolution {resolution} must be a multiple of {multiple}")
         self.latent_shape = (self.transformer.config.in_channels, resolution // scale, resolution // scale)
         self.lora_rank = lora_rank
         if lora_rank > 0:
@@ -97,6 +81,21 @@ class SD3Policy:
                 param.data = param.data.float()
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+
+    @classmethod
+    def from_pretrained(
+        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, **kwargs
+    ) -> SD3Policy:
+        """Load the pipeline from a local folder (config ``model.path``); nothing is downloaded."""
+        model_dir = Path(model_dir)
+        if not (model_dir / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"model.path: {model_dir} is not a local diffusers SD3 folder (no model_index.json)"
+            )
+        from diffusers import StableDiffusion3Pipeline
+
+        pipe = StableDiffusion3Pipeline.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+        return cls(pipe, dtype=dtype, **kwargs)
 
     @property
     def module(self) -> torch.nn.Module:

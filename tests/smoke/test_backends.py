@@ -46,7 +46,7 @@ def _check_reference(policy) -> None:
 
 def test_sd3_loads_offline_and_samples_a_tree(sd3_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    policy = SD3Policy(sd3_dir, resolution=64, lora_rank=4, lora_alpha=8)
+    policy = SD3Policy.from_pretrained(sd3_dir, resolution=64, lora_rank=4, lora_alpha=8)
     assert policy.latent_shape == (16, 8, 8)
     assert policy.trainable_parameters() and all(
         "lora" in n for n, p in policy.module.named_parameters() if p.requires_grad
@@ -62,12 +62,12 @@ def test_sd3_loads_offline_and_samples_a_tree(sd3_dir, monkeypatch):
 
 
 def test_sd3_reference_disables_the_adapter(sd3_dir):
-    _check_reference(SD3Policy(sd3_dir, resolution=64, lora_rank=4, lora_alpha=8))
+    _check_reference(SD3Policy.from_pretrained(sd3_dir, resolution=64, lora_rank=4, lora_alpha=8))
 
 
 def test_sd3_missing_folder_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.path: .*no model_index.json"):
-        SD3Policy(tmp_path / "nothing")
+        SD3Policy.from_pretrained(tmp_path / "nothing")
 
 
 def test_mini_save_load_round_trip(tmp_path):

@@ -115,8 +115,16 @@ def _dataclass_keys(cls, prefix: str = "") -> set[str]:
 
 
 def test_dataclasses_mirror_the_schema():
+    from pipeline.rewards import REWARDS
+
     schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
-    assert _schema_keys(schema) == _dataclass_keys(config.StudyConfig)
+    keys = _schema_keys(schema)
+    # reward_weights is a mapping by reward name, not a dataclass.
+    weights = {k for k in keys if k.startswith("train.reward_weights.")}
+    assert {k.rsplit(".", 1)[1] for k in weights} == set(REWARDS)
+    assert keys - weights == _dataclass_keys(config.StudyConfig)
+    method_schema = schema["properties"]["methods"]["additionalProperties"]
+    assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(config.MethodConfig)}
 
 
 def test_every_shipped_config_is_valid():
@@ -149,3 +157,17 @@ def test_reward_settings_build_every_reward_option():
     cfg = config.load(default_raw())
     rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.settings())
     assert rewards["color"].temperature == cfg.rewards.color.temperature
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ({"branch_steps": [1, 3], "branch_factors": [2]}, "2 branch_steps but 1 branch_factors"),
+        ({"branch_steps": [9], "branch_factors": [2]}, "'methods.bad.branch_steps': \\[9\\] must be below"),
+        ({"mixing": "average"}, "'methods.bad.mixing': 'average' is invalid"),
+    ],
+)
+def test_bad_methods(method, expected):
+    raw = _set(default_raw(), "methods", {"bad": method})
+    with pytest.raises(config.ConfigError, match=expected):
+        config.load(raw)

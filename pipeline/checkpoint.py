@@ -1,0 +1,67 @@
+"""Resumable training checkpoints in safetensors (never pickle).
+
+A checkpoint folder holds ``weights.safetensors`` (named tensors), ``optimizer.safetensors``
+(the optimizer's per-parameter state, flattened to ``<index>.<key>`` names) and
+``state.json`` (step, counters, history, the optimizer's hyper-parameters and a config hash).
+It is written to a temporary folder and renamed into place, so a kill at any moment leaves
+the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    return tensors, state["param_groups"]
+
+
+def save_checkpoint(
+    folder: str | Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Atomically replace the checkpoint in ``folder``."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "weights.safetensors")
+    opt_tensors, groups = _flatten_optimizer(optimizer)
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps(state | {"param_groups": groups}) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    folder: str | Path, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """``(weights, state)`` from ``folder`` with ``optimizer`` restored, or None if absent."""
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        old = folder.with_name(folder.name + ".old")  # a kill between the two renames
+        if not (old / "state.json").is_file():
+            return None
+        folder = old
+    state = json.loads((folder / "state.json").read_text())
+    flat = load_file(folder / "optimizer.safetensors")
+    per_param: dict[int, dict] = {}
+    for name, tensor in flat.items():
+        index, key = name.split(".", 1)
+        per_param.setdefault(int(index), {})[key] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+    return load_file(folder / "weights.safetensors"), state

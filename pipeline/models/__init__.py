@@ -1,0 +1,44 @@
+"""Model backends behind one policy interface (pipeline.models.policy): mini and sd3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_policy(
+    backend: str,
+    path: str | Path,
+    *,
+    lora_rank: int = 0,
+    lora_alpha: int = 0,
+    resolution: int = 512,
+    dtype: str = "float32",
+    device: str | None = None,
+    trainable: bool = True,
+    gradient_checkpointing: bool = False,
+):
+    """Build the policy of ``backend`` from a local folder (the mini base model or an SD3 folder)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if backend == "mini":
+        from pipeline.models.mini import MiniPolicy, load_mini
+
+        return MiniPolicy(
+            load_mini(path), lora_rank=lora_rank, lora_alpha=lora_alpha, device=device, trainable=trainable
+        )
+    if backend == "sd3":
+        from pipeline.models.sd3 import SD3Policy
+
+        return SD3Policy.from_pretrained(
+            path,
+            device=device,
+            dtype=DTYPES[dtype],
+            resolution=resolution,
+            lora_rank=lora_rank if trainable else 0,
+            lora_alpha=lora_alpha,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+    raise ValueError(f"model.backend {backend!r}: expected 'mini' or 'sd3'")

@@ -1,0 +1,178 @@
+"""Stage ``pretrain_base``: train the mini base model by rectified flow on rendered text.
+
+    python -m pipeline.pretrain --train train.parquet --config-json '{...}' --out-dir DIR
+
+Every batch is rendered on the fly from the curated train split (``text`` in a shade of
+``color``; :mod:`pipeline.render`), seeded by (seed, step) so that a resumed run sees the
+same batches as an uninterrupted one. Velocity loss, logit-normal noise levels, AdamW with
+linear warm-up, gradient clipping, caption dropout for classifier-free guidance. Training
+stops after ``steps`` or ``max_minutes``, whichever comes first.
+
+Outputs in ``DIR``: ``model/`` (``config.json`` + ``model.safetensors``), ``metrics.parquet``
+(step, loss, learning rate, elapsed seconds) and ``train_info.json``. A checkpoint in
+``DIR/checkpoint`` is written every ``checkpoint_every`` steps; a rerun with the same config
+resumes from it (a different config starts afresh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from pipeline import io, tracking
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import MiniModelConfig, PretrainConfig, config_hash
+from pipeline.flow_matching import flow_matching_loss, logit_normal_sigmas, noisy_sample, warmup_lr
+from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
+from pipeline.render import Layout, render_example
+
+LOG_EVERY = 10  # steps between loss records
+
+
+def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
+    layout = Layout()
+    torch.manual_seed(seed)
+    return MiniModel(
+        MiniConfig(
+            height=layout.height,
+            width=layout.width,
+            max_text_len=cfg.max_text_len,
+            d_model=cfg.d_model,
+            text_layers=cfg.text_layers,
+            block_out_channels=tuple(cfg.block_out_channels),
+            position_map_channels=cfg.position_map_channels,
+            left_px=float(layout.left_px),
+            advance_px=float(layout.advance_px),
+        )
+    )
+
+
+def make_batch(
+    train: pd.DataFrame, tokenizer: MiniTokenizer, cfg: PretrainConfig, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[B, 3, H, W]`` in [-1, 1] and token ids ``[B, T]`` for ``step`` (seeded by step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    rows = train.iloc[rng.integers(0, len(train), cfg.batch_size)]
+    images = np.stack(
+        [
+            render_example(t, c, rng, cfg.shade_spread, cfg.competing_background)
+            for t, c in zip(rows["text"], rows["color"], strict=True)
+        ]
+    )
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    ids = tokenizer(list(rows["prompt"]))
+    dropped = torch.from_numpy(rng.random(cfg.batch_size) < cfg.caption_dropout)
+    ids[dropped] = torch.tensor(tokenizer.unconditional())
+    return pixels, ids
+
+
+def train(
+    model: MiniModel, train_split: pd.DataFrame, cfg: PretrainConfig, out_dir: Path, run, stage_hash: str
+) -> dict:
+    """The training loop; returns what ``train_info.json`` records."""
+    tokenizer = MiniTokenizer(model.config.max_text_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    checkpoint_dir = out_dir / "checkpoint"
+    start, elapsed, history = 0, 0.0, []
+    restored = load_checkpoint(checkpoint_dir, optimizer)
+    if restored is not None and restored[1].get("config_hash") == stage_hash:
+        weights, state = restored
+        model.load_state_dict(weights)
+        start, elapsed, history = state["step"], state["elapsed_s"], state["history"]
+        print(f"resuming from step {start} ({elapsed:.0f} s trained)")
+    elif restored is not None:
+        print("checkpoint from another config: starting afresh")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model.train()
+    began, step = time.perf_counter() - elapsed, start
+    progress = tqdm(range(start, cfg.steps), desc="pretrain", initial=start, total=cfg.steps, disable=None)
+    for step in progress:
+        if time.perf_counter() - began > 60 * cfg.max_minutes:
+            print(f"time budget of {cfg.max_minutes} min reached at step {step}")
+            break
+        lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pixels, ids = make_batch(train_split, tokenizer, cfg, step)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        noise = torch.randn(pixels.shape, generator=generator)
+        sigma = logit_normal_sigmas(len(pixels), cfg.sigma_mean, cfg.sigma_std, generator)
+        predicted = model(noisy_sample(pixels, noise, sigma), sigma, model.text_encoder(ids), ids)
+        loss = flow_matching_loss(predicted, pixels, noise)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"pretraining loss is {loss.item()} at step {step}; last checkpoint kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % LOG_EVERY == 0 or step == cfg.steps - 1:
+            seconds = time.perf_counter() - began
+            history.append({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": seconds})
+            run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(
+                checkpoint_dir,
+                model.state_dict(),
+                optimizer,
+                {
+                    "step": step + 1,
+                    "elapsed_s": time.perf_counter() - began,
+                    "history": history,
+                    "config_hash": stage_hash,
+                },
+            )
+    else:
+        step = cfg.steps
+    return {"steps": step, "train_seconds": round(time.perf_counter() - began, 1), "history": history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, required=True, help="curated train split (Parquet)")
+    parser.add_argument("--config-json", required=True, help='{"pretrain": {...}, "mini": {...}}')
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    tracking.add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    raw = json.loads(args.config_json)
+    cfg = PretrainConfig(**raw["pretrain"])
+    mini_cfg = MiniModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["mini"].items()})
+    if not args.train.is_file():
+        raise SystemExit(f"--train {args.train}: no such file")
+    train_split = pd.read_parquet(args.train)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = build_model(mini_cfg, cfg.seed)
+    with tracking.stage_run(args, raw) as run:
+        info = train(model, train_split, cfg, args.out_dir, run, config_hash(raw))
+        save_mini(model, args.out_dir / "model")
+        metrics = pd.DataFrame(info.pop("history"))
+        io.write_parquet(
+            args.out_dir / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False)
+        )
+        info |= {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "model_config": asdict(model.config),
+        }
+        io.write_json(args.out_dir / "train_info.json", info)
+        run.log_metrics({"train_seconds": info["train_seconds"], "steps": info["steps"]})
+    print(f"trained {info['steps']} steps in {info['train_seconds']:.0f} s -> {args.out_dir / 'model'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

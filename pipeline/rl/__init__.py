@@ -1,0 +1,1 @@
+"""GRPO maths (advantages, loss) and the training loop."""

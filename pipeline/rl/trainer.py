@@ -1,0 +1,243 @@
+"""The GRPO training loop: sample a forest, score its leaves, compute advantages, update.
+
+Every method of the comparison runs through this loop; they differ only in the tree
+schedule (:class:`~pipeline.sampling.schedule.TreeSchedule`) and the advantage settings.
+The maths lives in :mod:`pipeline.rl.advantages`, :mod:`pipeline.rl.loss` and
+:mod:`pipeline.sampling`; this module orchestrates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.evaluation import score_images
+from pipeline.models.policy import Conditioning, Policy
+from pipeline.rewards import Reward
+from pipeline.rl.advantages import node_values, temporal_group_advantages
+from pipeline.rl.ema import Ema
+from pipeline.rl.loss import gaussian_kl, ppo_clip_loss
+from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.sde import sde_step_with_logprob
+from pipeline.sampling.tree import TreeRollout, guided_velocity, sample_tree
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the comparison: how it samples and how it turns rewards into advantages."""
+
+    schedule: TreeSchedule
+    mixing: str  # mix_then_normalize | normalize_then_mix
+    std_mode: str = "group"
+    renormalize: str = "none"
+    aggregate: str = "mean"
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    iterations: int
+    prompts_per_iteration: int
+    clip_range: float
+    beta: float
+    max_grad_norm: float
+    optimizer_steps_per_iteration: int
+    microbatch: int
+    guidance: float
+    noise_level: float
+    sde_type: str
+    shift: float
+    max_batch: int
+    train_last_step: bool = False
+    seed: int = 0
+    reward_weights: dict[str, float] = field(default_factory=dict)
+
+
+def edge_advantages(
+    rollout: TreeRollout, leaf_rewards: torch.Tensor, weights: torch.Tensor, method: MethodSpec
+) -> torch.Tensor:
+    """``[E]``: the edge into node n gets node n's temporal-group advantage."""
+    values = node_values(leaf_rewards, rollout.leaf_nodes, rollout.node_parent, method.aggregate)
+    node_adv = temporal_group_advantages(
+        values,
+        rollout.node_prompt,
+        rollout.node_depth,
+        weights,
+        method.mixing,
+        method.std_mode,
+        method.renormalize,
+    )
+    return node_adv[rollout.edge_child]
+
+
+def trained_edges(
+    rollout: TreeRollout, advantages: torch.Tensor, num_steps: int, train_last_step: bool
+) -> torch.Tensor:
+    """Indices of the edges that carry gradient: stochastic, not the last step (unless asked),
+    and with a non-zero advantage (zero-variance groups contribute nothing)."""
+    keep = rollout.trainable & (advantages != 0)
+    if not train_last_step:
+        keep &= rollout.edge_step < num_steps - 1
+    return torch.nonzero(keep).flatten()
+
+
+def edge_loss(
+    policy: Policy,
+    rollout: TreeRollout,
+    index: torch.Tensor,
+    advantages: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    settings: LoopSettings,
+) -> tuple[torch.Tensor, dict, int]:
+    """GRPO loss of the edges ``index`` (with gradients), its statistics and the rows it cost."""
+    device = policy.device
+    rows = rollout.edge_prompt[index]
+    x = rollout.latents[index].to(device)
+    sigma, sigma_next = rollout.sigma[index].to(device), rollout.sigma_next[index].to(device)
+    c, u = cond.select(rows), uncond.select(rows)
+    v, cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
+    step = sde_step_with_logprob(
+        v,
+        x,
+        sigma,
+        sigma_next,
+        settings.noise_level,
+        prev_sample=rollout.next_latents[index].to(device),
+        sde_type=settings.sde_type,
+    )
+    loss, stats = ppo_clip_loss(
+        step.log_prob, rollout.log_prob[index].to(device), advantages[index].to(device), settings.clip_range
+    )
+    if settings.beta > 0:
+        with torch.no_grad(), policy.reference():
+            v_ref, ref_cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
+            reference = sde_step_with_logprob(
+                v_ref,
+                x,
+                sigma,
+                sigma_next,
+                settings.noise_level,
+                prev_sample=step.prev_sample,
+                sde_type=settings.sde_type,
+            )
+        kl = gaussian_kl(step.mean, reference.mean, step.std).mean()
+        loss = loss + settings.beta * kl
+        stats["kl"] = kl.item()
+        cost += ref_cost
+    return loss, stats, cost
+
+
+def update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    rollout: TreeRollout,
+    advantages: torch.Tensor,
+    edges: torch.Tensor,
+    settings: LoopSettings,
+    rng: np.random.Generator,
+    ema: Ema | None = None,
+) -> dict:
+    """Optimizer steps over the trained edges (shuffled, split evenly, gradient accumulation)."""
+    cond, uncond = policy.encode(rollout.prompts)
+    order = edges[torch.from_numpy(rng.permutation(len(edges)))]
+    stats: dict[str, list[float]] = {
+        "loss": [],
+        "ratio_mean": [],
+        "clip_fraction": [],
+        "kl": [],
+        "grad_norm": [],
+    }
+    cost = 0
+    parameters = policy.trainable_parameters()
+    for chunk in np.array_split(order.numpy(), settings.optimizer_steps_per_iteration):
+        if len(chunk) == 0:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(chunk), settings.microbatch):
+            index = torch.from_numpy(chunk[start : start + settings.microbatch])
+            loss, step_stats, rows = edge_loss(policy, rollout, index, advantages, cond, uncond, settings)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()}")
+            (loss * len(index) / len(chunk)).backward()
+            cost += rows
+            stats["loss"].append(loss.item())
+            for key in ("ratio_mean", "clip_fraction", "kl"):
+                if key in step_stats:
+                    stats[key].append(step_stats[key])
+        stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)))
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+    summary = {key: float(np.mean(values)) if values else 0.0 for key, values in stats.items()}
+    return summary | {"nfe_training": cost}
+
+
+def iteration_prompts(train: pd.DataFrame, settings: LoopSettings, iteration: int) -> pd.DataFrame:
+    """The prompts of one iteration, seeded by (seed, iteration) so a resumed run repeats them."""
+    rng = np.random.default_rng([settings.seed, iteration])
+    return train.iloc[rng.choice(len(train), settings.prompts_per_iteration, replace=False)]
+
+
+def run_iteration(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    rewards: dict[str, Reward],
+    train: pd.DataFrame,
+    method: MethodSpec,
+    settings: LoopSettings,
+    iteration: int,
+    ema: Ema | None = None,
+) -> dict:
+    """One GRPO iteration; returns its metrics row."""
+    began = time.perf_counter()
+    batch = iteration_prompts(train, settings, iteration)
+    prompts = list(batch.prompt)
+    rollout = sample_tree(
+        policy,
+        prompts,
+        method.schedule,
+        flow_sigmas(method.schedule.num_steps, settings.shift),
+        guidance=settings.guidance,
+        noise_level=settings.noise_level,
+        sde_type=settings.sde_type,
+        max_batch=settings.max_batch,
+        seed=settings.seed * 1_000_003 + iteration,
+    )
+    leaf = rollout.leaf_prompt.numpy()
+    scores = score_images(
+        rewards,
+        rollout.images,
+        [prompts[i] for i in leaf],
+        [batch.text.iloc[i] for i in leaf],
+        [batch.color.iloc[i] for i in leaf],
+    )
+    names = list(rewards)
+    leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
+    weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
+    advantages = edge_advantages(rollout, leaf_rewards, weights, method)
+    edges = trained_edges(rollout, advantages, method.schedule.num_steps, settings.train_last_step)
+    rng = np.random.default_rng([settings.seed, iteration, 1])
+    stats = update(policy, optimizer, rollout, advantages, edges, settings, rng, ema) if len(edges) else {}
+    group_std = scores.assign(group=leaf).groupby("group")[names].std(ddof=0)
+    row = {
+        "iteration": iteration,
+        "nfe_sampling": rollout.nfe,
+        "trained_edges": len(edges),
+        "edges": len(rollout.edge_child),
+        "seconds": time.perf_counter() - began,
+        "reward_mixed": float((leaf_rewards @ weights).mean()),
+        "zero_variance_groups": float((group_std.max(axis=1) <= 1e-6).mean()),
+        "advantage_mean": advantages[edges].mean().item() if len(edges) else 0.0,
+        "advantage_abs_mean": advantages[edges].abs().mean().item() if len(edges) else 0.0,
+    }
+    for name in names:
+        row[f"{name}_mean"], row[f"{name}_std"] = float(scores[name].mean()), float(scores[name].std(ddof=0))
+    if "ocr_exact" in scores:
+        row["ocr_exact_mean"] = float(scores["ocr_exact"].mean())
+    if "color_correct" in scores:
+        row["color_correct_mean"] = float(scores["color_correct"].mean())
+    return row | stats

@@ -1,0 +1,55 @@
+rule pretrain_base:
+    """Rectified-flow pretraining of the mini base model (resumes from its checkpoint)."""
+    input:
+        train=f"{DATASET_DIR}/train.parquet",
+        code=stage_sources("pretrain"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        info=f"{BASE_DIR}/train_info.json",
+        model=f"{BASE_DIR}/model/model.safetensors",
+        model_config=f"{BASE_DIR}/model/config.json",
+        metrics=f"{BASE_DIR}/metrics.parquet",
+        run_id=f"{BASE_DIR}/mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/pretrain_base.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_base.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    params:
+        cfg=json_params(pretrain=CFG.pretrain, mini=CFG.model.mini),
+        out_dir=output_dir,
+    shell:
+        "python -m pipeline.pretrain --train {input.train} --config-json {params.cfg:q} "
+        "--out-dir {params.out_dir} --threads {threads} --mlflow-record {input.mlflow} "
+        "--rule pretrain_base --run-id-file {output.run_id} > {log} 2>&1"
+
+
+rule base_model_card:
+    """Evaluate the base model (ODE test scores, SDE group spread) and write its card."""
+    input:
+        unpack(card_eval_inputs),
+        code=stage_sources("model_card"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        card=f"{BASE_DIR}/card/README.md",
+        figures=f"{BASE_DIR}/card/figures.json",
+        grid=f"{BASE_DIR}/card/samples.png",
+        run_id=f"{BASE_DIR}/card/mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/base_model_card.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/base_model_card.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    params:
+        cfg=json_params(sampling=CFG.sampling, rewards=CFG.rewards, card=CFG.card),
+        out_dir=output_dir,
+        vocab=vocab_flag,
+    shell:
+        "python -m pipeline.model_card --model-dir $(dirname {input.model}) --train-info {input.info} "
+        "--test {input.test} {params.vocab} --config-json {params.cfg:q} --out-dir {params.out_dir} "
+        "--threads {threads} --mlflow-record {input.mlflow} --rule base_model_card "
+        "--run-id-file {output.run_id} > {log} 2>&1"

@@ -1,0 +1,31 @@
+rule train:
+    """GRPO fine-tuning with one method of the comparison (resumes from its checkpoint)."""
+    input:
+        train=f"{DATASET_DIR}/train.parquet",
+        base=base_model_files,
+        code=stage_sources("train"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        metrics=f"{RESULTS}/train/{{method}}/metrics.parquet",
+        weights=f"{RESULTS}/train/{{method}}/weights.safetensors",
+        info=f"{RESULTS}/train/{{method}}/train_info.json",
+        run_id=f"{RESULTS}/train/{{method}}/mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/train_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_{{method}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        cfg=method_params,
+        base_dir=base_model_dir(),
+        out_dir=output_dir,
+        wildcards=wildcards_json,
+    shell:
+        "python -m pipeline.train --method {wildcards.method} --train {input.train} "
+        "--base-model {params.base_dir} --config-json {params.cfg:q} --out-dir {params.out_dir} "
+        "--threads {threads} --mlflow-record {input.mlflow} --rule train "
+        "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"

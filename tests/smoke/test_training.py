@@ -1,0 +1,132 @@
+"""GRPO training on tiny models: parameters move, frozen ones do not; resume; NaN handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import train
+from pipeline.models import load_policy
+from pipeline.rewards import build_rewards
+from pipeline.rl import trainer
+from pipeline.rl.trainer import run_iteration
+from tests.conftest import REPO
+from tests.smoke.tiny import tiny_mini_dir, train_config_json
+
+
+@pytest.fixture(scope="module")
+def train_split(tmp_path_factory):
+    rows = [
+        {"prompt": f'A sign that reads "{w}". The color of the text "{w}" is {c}.', "text": w, "color": c}
+        for w, c in [("CAT", "red"), ("SUN", "blue"), ("TREE", "green"), ("MOON", "black")]
+    ]
+    path = tmp_path_factory.mktemp("split") / "train.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def _one_iteration(policy, split, raw):
+    cfg = train.TrainConfig(**raw["train"])
+    settings = train.loop_settings(cfg, train.SamplingConfig(**raw["sampling"]))
+    method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+    rewards = build_rewards(["ocr", "color", "quality"])
+    return run_iteration(policy, optimizer, rewards, pd.read_parquet(split), method, settings, 0)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_one_step_changes_trainable_and_nothing_frozen(tmp_path, train_split, lora_rank):
+    policy = load_policy(
+        "mini", tiny_mini_dir(tmp_path / "mini"), lora_rank=lora_rank, lora_alpha=lora_rank, device="cpu"
+    )
+    if lora_rank:  # LoRA's B starts at zero; give it a value so its gradient reaches A too
+        with torch.no_grad():
+            for p in policy.trainable_parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    trainable = {id(p) for p in policy.trainable_parameters()}
+    before = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
+    row = _one_iteration(policy, train_split, json.loads(train_config_json()))
+    assert row["trained_edges"] > 0
+    changed = {n for n, p in policy.module.named_parameters() if not torch.equal(before[n], p)}
+    frozen = {n for n, p in policy.module.named_parameters() if id(p) not in trainable}
+    assert changed, "no trainable parameter moved"
+    assert not changed & frozen, f"frozen parameters changed: {sorted(changed & frozen)[:3]}"
+
+
+def test_sd3_lora_step(tmp_path, train_split):
+    from pipeline.models.sd3_random import build_random_sd3
+
+    folder = build_random_sd3(tmp_path / "sd3", "tiny")
+    policy = load_policy("sd3", folder, lora_rank=4, lora_alpha=8, resolution=64, device="cpu")
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    before = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
+    _one_iteration(policy, train_split, json.loads(train_config_json("flow_grpo")))
+    changed = {n for n, p in policy.module.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora" in n for n in changed)
+
+
+def _train_args(tmp_path, split, config_json):
+    return [
+        "--method",
+        "multi_grpo",
+        "--train",
+        str(split),
+        "--base-model",
+        str(tmp_path / "mini"),
+        "--config-json",
+        config_json,
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
+
+
+def test_killed_run_resumes_and_completes(tmp_path, train_split):
+    tiny_mini_dir(tmp_path / "mini")
+    config_json = train_config_json(iterations=4, checkpoint_every=1)
+    args = [sys.executable, "-m", "pipeline.train", *_train_args(tmp_path, train_split, config_json)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "out" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert state.exists(), "no checkpoint was written"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = json.loads(state.read_text())["iteration"]
+    assert done < 4, "the run finished before it could be killed"
+    assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
+    metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    assert list(metrics.iteration) == [0, 1, 2, 3]
+    assert (tmp_path / "out" / "weights.safetensors").exists()
+
+
+def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_split, monkeypatch):
+    tiny_mini_dir(tmp_path / "mini")
+    real = trainer.ppo_clip_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, stats = real(*args, **kwargs)
+        return (loss * float("nan"), stats) if calls["n"] > 2 else (loss, stats)
+
+    monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
+    config_json = train_config_json(
+        iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=1, microbatch=1000
+    )
+    with pytest.raises(SystemExit, match="iteration 1: loss is nan; the last good checkpoint is kept"):
+        train.main(_train_args(tmp_path, train_split, config_json))
+    state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
+    assert state["iteration"] == 1

@@ -1,0 +1,45 @@
+"""Tiny models and configs for smoke tests (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline import config
+from pipeline.models.mini import MiniConfig, MiniModel, save_mini
+from tests.conftest import REPO
+
+TINY_MINI = {"d_model": 32, "text_layers": 1, "block_out_channels": [16, 32, 32], "position_map_channels": 4}
+
+
+def tiny_mini_dir(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = MiniConfig(d_model=32, text_layers=1, block_out_channels=(16, 32, 32), position_map_channels=4)
+    save_mini(MiniModel(cfg), folder)
+    return folder
+
+
+def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
+    """The train stage's config slice for a tiny run of ``method`` from the default config."""
+    cfg = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+    method_cfg = dataclasses.asdict(cfg.methods[method])
+    if method_cfg["branch_steps"]:
+        method_cfg["branch_steps"] = [0, 1]
+    train = (
+        dataclasses.asdict(cfg.train)
+        | {"iterations": 2, "prompts_per_iteration": 2, "checkpoint_every": 1, "microbatch": 16}
+        | train_overrides
+    )
+    return json.dumps(
+        {
+            "train": train,
+            "method": method_cfg,
+            "sampling": dataclasses.asdict(cfg.sampling) | {"train_steps": 4, "eval_steps": 4},
+            "rewards": cfg.rewards.settings(),
+            "model": dataclasses.asdict(cfg.model),
+        }
+    )
