@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # Stage shells call `python -m pipeline.<stage>`: put the venv first on their PATH.
 RUN := PATH="$(BIN):$$PATH"
 UI_PORT ?= 5000
+# The MLflow UI browser test drives Debian's headless Chromium (installed by `make test`).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup study test lint ui clean
 
@@ -25,7 +28,11 @@ setup: $(STAMP)
 study: setup
 	$(RUN) $(BIN)/snakemake
 
-test: setup
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
+
+test: setup $(CHROMIUM)
 	$(RUN) $(BIN)/pytest -q
 
 lint: setup

@@ -15,12 +15,14 @@ include: "rules/common.smk"
 wildcard_constraints:
     split="|".join(SPLITS),
     method="|".join(CFG.methods) or "none",
+    model="|".join(MODELS),
 
 
 include: "rules/tracking.smk"
 include: "rules/dataset.smk"
 include: "rules/pretrain.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

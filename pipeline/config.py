@@ -140,7 +140,7 @@ class ModelConfig:
 class PretrainConfig:
     # Step budget and wall-clock budget: training stops at whichever comes first.
     steps: int = 800
-    max_minutes: float = 10.0
+    max_minutes: float = 11.0
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -151,10 +151,12 @@ class PretrainConfig:
     # Logit-normal noise levels: sigmoid(N(mean, std^2)), as SD3 trains.
     sigma_mean: float = 0.0
     sigma_std: float = 1.0
+    # Share of noise levels drawn uniformly instead (pipeline/flow_matching.mixed_sigmas).
+    sigma_uniform_share: float = 0.25
     # Colour shades drawn up to this far (Delta-E) from each name's prototype, and the share
     # of images on a competing palette-coloured background (pipeline/render.py).
     shade_spread: float = 12.0
-    competing_background: float = 0.2
+    competing_background: float = 0.1
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -184,10 +186,10 @@ class CardConfig:
 class TrainConfig:
     # Iteration budget and wall-clock budget: training stops at whichever comes first
     # (the iterations reached are recorded).
-    iterations: int = 24
-    max_minutes: float = 10.0
+    iterations: int = 40
+    max_minutes: float = 8.0
     prompts_per_iteration: int = 4
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     # LoRA on the denoiser's attention projections; 0 = full fine-tuning (mini only).
     lora_rank: int = 0
@@ -227,6 +229,22 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    # Seeds of the ODE evaluation samples (one image per test prompt and seed); several
+    # seeds give a spread across seeds in the report.
+    seeds: tuple[int, ...] = (0,)
+    # Evaluate only the first N test prompts (0 = all).
+    max_prompts: int = 0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    # Prompts shown in the image grids (same prompts and seed across models).
+    grid_prompts: int = 8
+    title: str = "Multi-GRPO study"
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: str
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -237,6 +255,8 @@ class StudyConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     card: CardConfig = field(default_factory=CardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # name -> method; built from the config's methods section
     methods: dict = field(default_factory=dict)
 

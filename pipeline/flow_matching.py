@@ -17,6 +17,17 @@ def logit_normal_sigmas(
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
+def mixed_sigmas(
+    n: int, mean: float, std: float, uniform_share: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``[n]`` noise levels: logit-normal, with a share ``uniform_share`` drawn uniformly in
+    (0, 1) instead. Logit-normal alone rarely trains sigma below 0.1, where a small pixel-space
+    model must learn to remove the last fine noise; the uniform share keeps every level seen."""
+    sigmas = logit_normal_sigmas(n, mean, std, generator)
+    uniform = torch.rand(n, generator=generator)
+    return torch.where(torch.rand(n, generator=generator) < uniform_share, uniform, sigmas)
+
+
 def noisy_sample(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``(1 - sigma) x0 + sigma noise``; ``x0``, ``noise`` ``[B, ...]``, ``sigma`` ``[B]``."""
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))

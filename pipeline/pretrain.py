@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline import io, tracking
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import MiniModelConfig, PretrainConfig, config_hash
-from pipeline.flow_matching import flow_matching_loss, logit_normal_sigmas, noisy_sample, warmup_lr
+from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.render import Layout, render_example
 
@@ -106,7 +106,7 @@ def train(
         pixels, ids = make_batch(train_split, tokenizer, cfg, step)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = torch.randn(pixels.shape, generator=generator)
-        sigma = logit_normal_sigmas(len(pixels), cfg.sigma_mean, cfg.sigma_std, generator)
+        sigma = mixed_sigmas(len(pixels), cfg.sigma_mean, cfg.sigma_std, cfg.sigma_uniform_share, generator)
         predicted = model(noisy_sample(pixels, noise, sigma), sigma, model.text_encoder(ids), ids)
         loss = flow_matching_loss(predicted, pixels, noise)
         if not torch.isfinite(loss):

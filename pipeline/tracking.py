@@ -72,7 +72,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
     if existing is not None:
         return existing.experiment_id
     location = Path(artifact_root).resolve().as_uri()
-    return _retry(client.create_experiment, name, artifact_location=location)
+    # Tagged as model training so that the UI opens on the runs table, not the GenAI view.
+    tags = {"mlflow.experimentKind": "custom_model_development"}
+    return _retry(client.create_experiment, name, artifact_location=location, tags=tags)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

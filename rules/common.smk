@@ -88,6 +88,27 @@ STAGE_SOURCES = {
         "pipeline/palette.py",
         *REWARD_SOURCES,
     ],
+    "sample_eval": [
+        "pipeline/sample_eval.py",
+        "pipeline/evaluation.py",
+        "pipeline/models/__init__.py",
+        "pipeline/models/mini.py",
+        "pipeline/models/sd3.py",
+        "pipeline/models/policy.py",
+        "pipeline/sampling/__init__.py",
+        "pipeline/sampling/sde.py",
+        "pipeline/sampling/schedule.py",
+        "pipeline/sampling/tree.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+    ],
+    "score": [
+        "pipeline/score.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+        *REWARD_SOURCES,
+    ],
+    "report": ["pipeline/report.py", "pipeline/evaluation.py"],
     "dataset_card": [
         "pipeline/dataset_card.py",
         "pipeline/agreement.py",
@@ -158,6 +179,53 @@ def method_params(wildcards):
     )
 
 
+MODELS = ["base", *CFG.methods]
+
+
+def eval_inputs(wildcards):
+    """What evaluation sampling of one model needs: the base model, and a method's weights."""
+    inputs = {
+        "test": f"{DATASET_DIR}/test.parquet",
+        "base": base_model_files(wildcards),
+    }
+    if wildcards.model != "base":
+        inputs["weights"] = f"{RESULTS}/train/{wildcards.model}/weights.safetensors"
+    return inputs
+
+
+def weights_flag(wildcards, input):
+    return f"--weights {input.weights}" if "weights" in input.keys() else ""
+
+
+def eval_params(wildcards):
+    """Evaluation settings; a trained method's also include its training config (LoRA shape)."""
+    return json_params(
+        sampling=CFG.sampling,
+        model=CFG.model,
+        evaluation=CFG.evaluation,
+        train=CFG.train,
+    )
+
+
+def report_inputs(wildcards):
+    inputs = {
+        "rewards": [f"{RESULTS}/eval/{m}/rewards.parquet" for m in MODELS],
+        "samples": [f"{RESULTS}/eval/{m}/samples.parquet" for m in MODELS],
+        "metrics": [f"{RESULTS}/train/{m}/metrics.parquet" for m in CFG.methods],
+        "infos": [f"{RESULTS}/train/{m}/train_info.json" for m in CFG.methods],
+    }
+    return inputs
+
+
+def report_flags(wildcards, input):
+    """``--rewards MODEL=FILE ...`` for every model and method, in a stable order."""
+    flags = [f"--rewards {m}={f}" for m, f in zip(MODELS, input.rewards)]
+    flags += [f"--samples {m}={f}" for m, f in zip(MODELS, input.samples)]
+    flags += [f"--metrics {m}={f}" for m, f in zip(CFG.methods, input.metrics)]
+    flags += [f"--train-info {m}={f}" for m, f in zip(CFG.methods, input.infos)]
+    return " ".join(flags)
+
+
 def card_eval_inputs(wildcards):
     """The base model card's inputs: the model, the test split, the vocabulary if any."""
     inputs = {
@@ -222,4 +290,5 @@ def study_targets():
     if CFG.model.backend == "mini":
         targets.append(f"{BASE_DIR}/card/README.md")
     targets += [f"{RESULTS}/train/{method}/metrics.parquet" for method in CFG.methods]
+    targets.append(f"{RESULTS}/report/index.html")
     return targets

@@ -120,7 +120,7 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss, stats = real(*args, **kwargs)
-        return (loss * float("nan"), stats) if calls["n"] > 2 else (loss, stats)
+        return (loss * float("nan"), stats) if calls["n"] > 1 else (loss, stats)
 
     monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
     config_json = train_config_json(

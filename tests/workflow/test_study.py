@@ -8,19 +8,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow.study import copy_workflow, planned_jobs, snakemake
+from tests.workflow.conftest import TINY
+from tests.workflow.study import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
-TINY = ("--configfile", "config_tiny.yaml")
 DATASET = "datasets/ocr_color_10_tiny"
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    folder = copy_workflow(tmp_path_factory.mktemp("study"))
-    snakemake(folder, *TINY, "-c2")
-    return folder
+RESULTS = "results/tiny"
+METHODS = ("flow_grpo", "multi_grpo", "reward_group", "tree_grpo")
+MODELS = ("base", *METHODS)
 
 
 def test_outputs_exist_with_expected_rows(study):
@@ -30,6 +28,28 @@ def test_outputs_exist_with_expected_rows(study):
         assert set(table.source) <= {"allowed", "augmented"}
     card = (study / DATASET / "README.md").read_text()
     assert "## Counts" in card and "held out of training" in card
+    base = study / RESULTS / "base_model"
+    assert (base / "model" / "model.safetensors").exists() and (base / "card" / "samples.png").exists()
+    assert "SDE groups" in (base / "card" / "README.md").read_text()
+    assert len(pd.read_parquet(base / "metrics.parquet")) >= 1
+    for method in METHODS:
+        metrics = pd.read_parquet(study / RESULTS / "train" / method / "metrics.parquet")
+        assert list(metrics.iteration) == [0, 1]
+        assert {"ocr_mean", "color_mean", "quality_mean", "nfe_cumulative", "zero_variance_groups"} <= set(
+            metrics
+        )
+    for model in MODELS:
+        samples = pd.read_parquet(study / RESULTS / "eval" / model / "samples.parquet")
+        assert len(samples) == 5 * 2  # 5 prompts x 2 seeds
+        rewards = pd.read_parquet(study / RESULTS / "eval" / model / "rewards.parquet")
+        assert len(rewards) == 5 * 2 * 3 and set(rewards.reward) == {"ocr", "color", "quality"}
+    summary = pd.read_csv(study / RESULTS / "report" / "summary.csv")
+    assert list(summary.model) == list(MODELS)
+    assert {"ocr", "ocr_exact", "color_accuracy", "quality", "ocr_seed_std", "training_nfe"} <= set(
+        summary.columns
+    )
+    html = (study / RESULTS / "report" / "index.html").read_text()
+    assert "Training curves" in html and "data:image/png;base64" in html and "stand" in html
 
 
 def test_every_job_is_an_mlflow_run(study):
@@ -39,7 +59,19 @@ def test_every_job_is_an_mlflow_run(study):
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     rules = Counter(run.data.tags["rule"] for run in runs)
-    assert rules == Counter({"generate_prompts": 1, "curate_dataset": 2, "dataset_card": 1})
+    assert rules == Counter(
+        {
+            "generate_prompts": 1,
+            "curate_dataset": 2,
+            "dataset_card": 1,
+            "pretrain_base": 1,
+            "base_model_card": 1,
+            "train": 4,
+            "sample_eval": 5,
+            "score": 5,
+            "report": 1,
+        }
+    )
     assert all(run.info.status == "FINISHED" for run in runs)
     run_id = (study / DATASET / "test_mlflow_run_id.txt").read_text().strip()
     assert client.get_run(run_id).data.tags["wildcard.split"] == "test"
@@ -60,14 +92,31 @@ def _variant(study, path: str, value) -> str:
 def test_rebuild_only_what_changed(study):
     assert planned_jobs(study, *TINY) == Counter(), "a complete study should plan nothing"
 
+    downstream = {
+        "pretrain_base": 1,
+        "base_model_card": 1,
+        "train": 4,
+        "sample_eval": 5,
+        "score": 5,
+        "report": 1,
+        "all": 1,
+    }
     generator = _variant(study, "dataset.source.generator.n_test", 21)
     assert planned_jobs(study, "--configfile", generator) == Counter(
-        {"generate_prompts": 1, "curate_dataset": 2, "dataset_card": 1, "all": 1}
+        {"generate_prompts": 1, "curate_dataset": 2, "dataset_card": 1, **downstream}
     )
     curation = _variant(study, "dataset.curation.seed", 3)
     assert planned_jobs(study, "--configfile", curation) == Counter(
-        {"curate_dataset": 2, "dataset_card": 1, "all": 1}
+        {"curate_dataset": 2, "dataset_card": 1, **downstream}
     )
+    # A training key: every method's training and what follows it, not the base model.
+    beta = _variant(study, "train.beta", 0.01)
+    assert planned_jobs(study, "--configfile", beta) == Counter(
+        {"train": 4, "sample_eval": 4, "score": 4, "report": 1, "all": 1}
+    )
+    # A report option: only the report.
+    title = _variant(study, "report.title", "another title")
+    assert planned_jobs(study, "--configfile", title) == Counter({"report": 1, "all": 1})
     # Editing one stage's code reruns that stage and what follows, nothing before it.
     card_code = study / "pipeline" / "dataset_card.py"
     card_code.write_text(card_code.read_text() + "\n# edited\n")

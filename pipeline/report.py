@@ -1,0 +1,272 @@
+"""Stage ``report``: the study's tables, training curves, stability view and image grids.
+
+    python -m pipeline.report --rewards base=R.parquet --rewards flow_grpo=R.parquet ... \
+        --metrics flow_grpo=M.parquet ... --train-info flow_grpo=I.json ... \
+        --config-json '{"report": ..., "study": ...}' --out-dir DIR
+
+Writes ``index.html`` (self-contained: figures embedded), ``summary.csv`` / ``summary.parquet``
+(one row per model: evaluation rewards, accuracies, NFE and training time, with the spread
+across evaluation seeds), ``stability.csv``, ``curve_<reward>.png`` (training curves of every
+method against iteration and cumulative NFE) and ``grid.png`` (the same prompts and seed for
+every model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io as stdio
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import io, tracking  # noqa: E402
+from pipeline.evaluation import image_grid  # noqa: E402
+
+REWARD_LABELS = {
+    "ocr": "OCR reward",
+    "color": "colour reward",
+    "quality": "quality (0-10)",
+    "pickscore": "PickScore",
+}
+
+
+def pairs(items: list[str], flag: str) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"{flag} {item!r}: expected NAME=FILE")
+        out[name] = Path(path)
+    return out
+
+
+def per_image_table(rewards: pd.DataFrame) -> pd.DataFrame:
+    """Long rewards table -> one row per image: a score column per reward plus accuracies."""
+    keys = ["model", "line_id", "seed"]
+    wide = rewards.pivot_table(index=keys, columns="reward", values="score", aggfunc="first").reset_index()
+    if "ocr" in set(rewards.reward):
+        ocr = rewards[rewards.reward == "ocr"].set_index(keys)["ocr_exact"].astype(float).rename("ocr_exact")
+        wide = wide.join(ocr, on=keys)
+    if "color" in set(rewards.reward):
+        color = rewards[rewards.reward == "color"].set_index(keys)
+        wide = wide.join(
+            (color["color_pred"] == color["color"]).astype(float).rename("color_accuracy"), on=keys
+        )
+    return wide
+
+
+def summary_table(images: pd.DataFrame, infos: dict[str, dict]) -> pd.DataFrame:
+    """Per model: mean over images within each seed, then mean and std across seeds."""
+    metrics = [c for c in images.columns if c not in ("model", "line_id", "seed")]
+    per_seed = images.groupby(["model", "seed"])[metrics].mean()
+    mean, spread = per_seed.groupby("model").mean(), per_seed.groupby("model").std(ddof=0)
+    table = mean.join(spread.add_suffix("_seed_std"))
+    table["seeds"] = per_seed.groupby("model").size()
+    table["training_nfe"] = [infos.get(m, {}).get("nfe_cumulative", 0) for m in table.index]
+    table["training_minutes"] = [round(infos.get(m, {}).get("train_seconds", 0) / 60, 2) for m in table.index]
+    table["iterations"] = [infos.get(m, {}).get("iterations", 0) for m in table.index]
+    order = ["base"] + sorted(m for m in table.index if m != "base")
+    return table.loc[[m for m in order if m in table.index]].reset_index()
+
+
+def stability_table(metrics: dict[str, pd.DataFrame], rewards: list[str]) -> pd.DataFrame:
+    """Per method: reward at the start and end of training, the spread of the per-iteration
+    means, the mean within-group std and the share of zero-variance groups."""
+    rows = []
+    for method, table in sorted(metrics.items()):
+        row = {"method": method, "iterations": len(table)}
+        for reward in rewards:
+            column = f"{reward}_mean"
+            if column in table:
+                head, tail = (
+                    table[column].iloc[: max(1, len(table) // 4)],
+                    table[column].iloc[-max(1, len(table) // 4) :],
+                )
+                row |= {
+                    f"{reward}_start": head.mean(),
+                    f"{reward}_end": tail.mean(),
+                    f"{reward}_iteration_std": table[column].std(ddof=0),
+                    f"{reward}_within_group_std": table[f"{reward}_std"].mean(),
+                }
+        row["zero_variance_groups"] = table["zero_variance_groups"].mean()
+        row["clip_fraction"] = table["clip_fraction"].mean() if "clip_fraction" in table else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curve_figure(metrics: dict[str, pd.DataFrame], reward: str) -> plt.Figure:
+    """One reward's training mean against iteration (left) and cumulative NFE (right), all methods."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for method, table in sorted(metrics.items()):
+        column = f"{reward}_mean"
+        if column not in table:
+            continue
+        smooth = table[column].rolling(3, min_periods=1).mean()
+        axes[0].plot(table["iteration"], smooth, label=method)
+        axes[1].plot(table["nfe_cumulative"], smooth, label=method)
+    axes[0].set_xlabel("iteration")
+    axes[1].set_xlabel("cumulative NFE (sampling + training rows)")
+    axes[0].set_ylabel(f"training {REWARD_LABELS.get(reward, reward)} (3-iteration mean)")
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def png_bytes(figure: plt.Figure) -> bytes:
+    buffer = stdio.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def grid_image(samples: dict[str, pd.DataFrame], roots: dict[str, Path], n_prompts: int) -> np.ndarray:
+    """Columns = models, rows = the first ``n_prompts`` test prompts, first seed."""
+    models = ["base"] + sorted(m for m in samples if m != "base")
+    first = samples[models[0]]
+    lines = list(first[first.seed == first.seed.min()].line_id[:n_prompts])
+    columns = []
+    for model in models:
+        table = samples[model].set_index(["line_id", "seed"])
+        seed = samples[model].seed.min()
+        images = [
+            np.asarray(Image.open(roots[model] / table.loc[(line, seed), "image_path"]).convert("RGB"))
+            for line in lines
+        ]
+        columns.append(image_grid(np.stack(images), 1))
+    gap = np.full((columns[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([c for column in columns for c in (column, gap)][:-1], axis=1)
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
+
+
+def render_html(
+    title: str,
+    notes: str,
+    summary: pd.DataFrame,
+    stability: pd.DataFrame,
+    curves: dict[str, bytes],
+    grid: bytes,
+    models: list[str],
+) -> str:
+    def img(data: bytes, alt: str) -> str:
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;"
+        "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{notes}</p>",
+        "<h2>Evaluation (test split, ODE)</h2>",
+        html_table(summary),
+        "<h2>Training curves</h2>",
+        *(img(data, f"curve {name}") for name, data in curves.items()),
+        "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations; "
+        "<code>iteration_std</code> is the spread of the per-iteration means; zero-variance groups carry no "
+        "signal.</p>",
+        html_table(stability),
+        f"<h2>Samples</h2><p>Columns: {', '.join(map(html.escape, models))}; the same prompts and seed.</p>",
+        img(grid, "grid"),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+MINI_NOTE = """This is the <b>default CPU study</b>: the base model is the project's own ~4.6M-parameter
+pixel-space mini model, pretrained by the workflow for minutes on rendered single words (one font,
+fixed layout), standing in for SD3.5-Medium. Its numbers show that the pipeline and the four methods
+work end to end; they are not the paper's results and say little about how the methods rank at
+scale."""
+QUALITY_NOTE = """<b>quality</b> is a reference-free legibility score (contrast, clean background, crisp
+strokes; 0-10) standing in for PickScore, whose weights are not shipped; it is not a
+human-preference model."""
+NFE_NOTE = "NFE counts transformer rows (a guided evaluation counts twice), sampling and training together."
+
+
+def study_notes(raw: dict) -> str:
+    """What this study is and is not, stated plainly at the top of the report."""
+    backend, scored = raw["model"]["backend"], raw["rewards"]["score"]
+    notes = [MINI_NOTE] if backend == "mini" else []
+    if "quality" in scored and "pickscore" not in scored:
+        notes.append(QUALITY_NOTE)
+    return " ".join([*notes, NFE_NOTE])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rewards", action="append", required=True, help="MODEL=rewards.parquet")
+    parser.add_argument("--samples", action="append", required=True, help="MODEL=samples.parquet")
+    parser.add_argument("--metrics", action="append", default=[], help="METHOD=metrics.parquet")
+    parser.add_argument("--train-info", action="append", default=[], help="METHOD=train_info.json")
+    parser.add_argument("--config-json", required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    tracking.add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    raw = json.loads(args.config_json)
+    rewards = pd.concat(
+        [pd.read_parquet(p).assign(model=m) for m, p in pairs(args.rewards, "--rewards").items()]
+    )
+    sample_paths = pairs(args.samples, "--samples")
+    samples = {m: pd.read_parquet(p) for m, p in sample_paths.items()}
+    metrics = {m: pd.read_parquet(p) for m, p in pairs(args.metrics, "--metrics").items()}
+    infos = {m: json.loads(p.read_text()) for m, p in pairs(args.train_info, "--train-info").items()}
+    reward_names = [r for r in REWARD_LABELS if r in set(rewards.reward)]
+
+    with tracking.stage_run(args, raw) as run:
+        summary = summary_table(per_image_table(rewards), infos)
+        stability = stability_table(metrics, reward_names)
+        curves = {r: png_bytes(curve_figure(metrics, r)) for r in reward_names} if metrics else {}
+        grid = grid_image(
+            samples, {m: p.parent for m, p in sample_paths.items()}, raw["report"]["grid_prompts"]
+        )
+        buffer = stdio.BytesIO()
+        Image.fromarray(grid).save(buffer, format="png")
+        io.write_text(args.out_dir / "summary.csv", summary.to_csv(index=False))
+        io.write_parquet(
+            args.out_dir / "summary.parquet", pa.Table.from_pandas(summary, preserve_index=False)
+        )
+        io.write_text(args.out_dir / "stability.csv", stability.to_csv(index=False))
+        for name, data in [
+            *((f"curve_{r}.png", d) for r, d in curves.items()),
+            ("grid.png", buffer.getvalue()),
+        ]:
+            with io.atomic_path(args.out_dir / name) as tmp:
+                tmp.write_bytes(data)
+        page = render_html(
+            raw["report"]["title"],
+            study_notes(raw),
+            summary,
+            stability,
+            curves,
+            buffer.getvalue(),
+            ["base"] + sorted(m for m in samples if m != "base"),
+        )
+        io.write_text(args.out_dir / "index.html", page)
+        for column in summary.columns:
+            if column != "model" and pd.api.types.is_numeric_dtype(summary[column]):
+                run.log_metrics(
+                    {f"{m}.{column}": float(v) for m, v in zip(summary.model, summary[column], strict=True)}
+                )
+        for name in ("index.html", "summary.csv", "grid.png"):
+            run.log_artifact(args.out_dir / name)
+    print(summary.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+rule sample_eval:
+    """Deterministic ODE samples of the test split for the base model or one method."""
+    input:
+        unpack(eval_inputs),
+        code=stage_sources("sample_eval"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        samples=f"{RESULTS}/eval/{{model}}/samples.parquet",
+        run_id=f"{RESULTS}/eval/{{model}}/samples_mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/sample_eval_{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_eval_{{model}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        cfg=eval_params,
+        base_dir=base_model_dir(),
+        weights=weights_flag,
+        out_dir=output_dir,
+        wildcards=wildcards_json,
+    shell:
+        "python -m pipeline.sample_eval --model {wildcards.model} --base-model {params.base_dir} "
+        "{params.weights} --test {input.test} --config-json {params.cfg:q} --out-dir {params.out_dir} "
+        "--threads {threads} --mlflow-record {input.mlflow} --rule sample_eval "
+        "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"
+
+
+rule score:
+    """Every evaluation image scored by every configured reward (long Parquet table)."""
+    input:
+        samples=f"{RESULTS}/eval/{{model}}/samples.parquet",
+        code=stage_sources("score"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        rewards=f"{RESULTS}/eval/{{model}}/rewards.parquet",
+        run_id=f"{RESULTS}/eval/{{model}}/rewards_mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/score_{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_{{model}}.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    params:
+        names=",".join(CFG.rewards.score),
+        settings=study_config.canonical_json(CFG.rewards.settings()),
+        wildcards=wildcards_json,
+    shell:
+        "python -m pipeline.score --samples {input.samples} --out {output.rewards} "
+        "--rewards {params.names} --settings-json {params.settings:q} --workers {threads} "
+        "--mlflow-record {input.mlflow} --rule score --wildcards {params.wildcards:q} "
+        "--run-id-file {output.run_id} > {log} 2>&1"
+
+
+rule report:
+    """The study report: tables, training curves, stability view and image grids."""
+    input:
+        unpack(report_inputs),
+        code=stage_sources("report"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        html=report(
+            f"{RESULTS}/report/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
+        summary=report(
+            f"{RESULTS}/report/summary.csv",
+            caption="../report/summary.rst",
+            category="Report",
+        ),
+        summary_parquet=f"{RESULTS}/report/summary.parquet",
+        stability=f"{RESULTS}/report/stability.csv",
+        grid=report(
+            f"{RESULTS}/report/grid.png",
+            caption="../report/index.rst",
+            category="Samples",
+        ),
+        run_id=f"{RESULTS}/report/mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        cfg=json_params(report=CFG.report, model=CFG.model, rewards=CFG.rewards),
+        flags=report_flags,
+        out_dir=output_dir,
+    shell:
+        "python -m pipeline.report {params.flags} --config-json {params.cfg:q} "
+        "--out-dir {params.out_dir} --mlflow-record {input.mlflow} --rule report "
+        "--run-id-file {output.run_id} > {log} 2>&1"
