@@ -2,8 +2,9 @@
 
     python bench/sd3_gpu.py [--iterations 3] [--prompts 2] [--resolution 512]
 
-Builds a random-weight SD3 pipeline with SD3.5-Medium's transformer configuration (2.5B
-parameters; text encoders shallow but of the real widths: see pipeline/models/sd3_random.py)
+Builds a random-weight SD3 pipeline with SD3.5-Medium's transformer configuration (2.26B
+transformer parameters; text encoders shallow but of the real widths: see
+pipeline/models/sd3_random.py)
 directly on the GPU in bf16, wraps it in the sd3 policy (LoRA r32/alpha64 as Flow-GRPO,
 gradient checkpointing), and runs GRPO iterations of the multi_grpo method through the
 project's own trainer (tree sampling with CFG 4.5, 10 steps, the quality reward, PPO-clip
@@ -24,75 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.models.sd3 import SD3Policy  # noqa: E402
+from pipeline.models.sd3_random import random_sd3_pipeline  # noqa: E402
 from pipeline.rewards.quality import QualityReward  # noqa: E402
 from pipeline.rl.trainer import LoopSettings, MethodSpec, run_iteration  # noqa: E402
 from pipeline.sampling.schedule import TreeSchedule  # noqa: E402
 
 WORDS = ["OPEN", "SALE", "HELLO", "TIGER", "ROCKET", "MAPLE", "CAMERA", "GARDEN"]
-
-
-def random_pipeline(size: str, device: str, dtype: torch.dtype):
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    from pipeline.models.sd3_random import SIZES, char_clip_tokenizer, char_t5_tokenizer
-
-    spec = SIZES[size]
-    clip_tok, t5_tok = char_clip_tokenizer(), char_t5_tokenizer()
-    with torch.device(device):
-
-        def clip(hidden):
-            return CLIPTextModelWithProjection(
-                CLIPTextConfig(
-                    vocab_size=len(clip_tok),
-                    hidden_size=hidden,
-                    intermediate_size=2 * hidden,
-                    num_hidden_layers=1,
-                    num_attention_heads=max(1, hidden // 64),
-                    max_position_embeddings=77,
-                    projection_dim=hidden,
-                    bos_token_id=clip_tok.bos_token_id,
-                    eos_token_id=clip_tok.eos_token_id,
-                    pad_token_id=clip_tok.pad_token_id,
-                )
-            )
-
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tok), d_model=spec["t5"], d_kv=64, d_ff=2048, num_layers=1, num_heads=8
-            )
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            block_out_channels=spec["vae"],
-            layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
-        transformer = SD3Transformer2DModel(**spec["transformer"])
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae,
-        text_encoder=clip(spec["clip"][0]),
-        tokenizer=clip_tok,
-        text_encoder_2=clip(spec["clip"][1]),
-        tokenizer_2=clip_tok,
-        text_encoder_3=t5,
-        tokenizer_3=t5_tok,
-    )
-    return pipe.to(dtype=dtype)
 
 
 def main() -> int:
@@ -113,7 +51,7 @@ def main() -> int:
     start = time.perf_counter()
     dtype = torch.bfloat16 if cuda else torch.float32
     policy = SD3Policy(
-        random_pipeline(args.size, args.device, dtype),
+        random_sd3_pipeline(args.size, device=args.device).to(dtype=dtype),
         device=args.device,
         dtype=dtype,
         resolution=args.resolution,

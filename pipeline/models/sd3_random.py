@@ -53,6 +53,7 @@ SIZES = {
         clip=(32, 32),
         t5=64,
         vae=(32, 32, 64, 64),
+        vae_layers=1,
     ),
     "sd35m": dict(
         transformer=dict(
@@ -73,12 +74,13 @@ SIZES = {
         clip=(768, 1280),
         t5=4096,
         vae=(128, 256, 512, 512),
+        vae_layers=2,
     ),
 }
 
 
-def build_random_sd3(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight ``StableDiffusion3Pipeline`` of ``size`` to ``folder``."""
+def random_sd3_pipeline(size: str = "tiny", seed: int = 0, device: str | torch.device | None = None):
+    """A random-weight ``StableDiffusion3Pipeline`` of ``size``, built on ``device`` (CPU by default)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -107,43 +109,48 @@ def build_random_sd3(folder: str | Path, size: str = "tiny", seed: int = 0) -> P
             )
         )
 
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tok),
-            d_model=spec["t5"],
-            d_kv=64,
-            d_ff=2 * spec["t5"] // 4,
-            num_layers=1,
-            num_heads=max(1, spec["t5"] // 512),
+    with torch.device(device or "cpu"):
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tok),
+                d_model=spec["t5"],
+                d_kv=64,
+                d_ff=2 * spec["t5"] // 4,
+                num_layers=1,
+                num_heads=max(1, spec["t5"] // 512),
+            )
         )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=spec["vae"],
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        norm_num_groups=32,
-    )
-    pipe = StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(**spec["transformer"]),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae,
-        text_encoder=clip(spec["clip"][0]),
-        tokenizer=clip_tok,
-        text_encoder_2=clip(spec["clip"][1]),
-        tokenizer_2=clip_tok,
-        text_encoder_3=t5,
-        tokenizer_3=t5_tok,
-    )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=spec["vae"],
+            layers_per_block=spec["vae_layers"],
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            norm_num_groups=32,
+        )
+        return StableDiffusion3Pipeline(
+            transformer=SD3Transformer2DModel(**spec["transformer"]),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=vae,
+            text_encoder=clip(spec["clip"][0]),
+            tokenizer=clip_tok,
+            text_encoder_2=clip(spec["clip"][1]),
+            tokenizer_2=clip_tok,
+            text_encoder_3=t5,
+            tokenizer_3=t5_tok,
+        )
+
+
+def build_random_sd3(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight ``StableDiffusion3Pipeline`` of ``size`` to ``folder``."""
     folder = Path(folder)
-    pipe.save_pretrained(folder)
+    random_sd3_pipeline(size, seed).save_pretrained(folder)
     return folder
 
 
