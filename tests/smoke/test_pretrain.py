@@ -1,0 +1,51 @@
+"""Pretraining on a tiny config: the loss falls and the saved model reloads to identical outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from pipeline import pretrain
+from pipeline.checkpoint import load_checkpoint
+from pipeline.models.mini import MiniPolicy, load_mini
+from tests.smoke.tiny import TINY_MINI
+
+PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
+
+
+def test_loss_falls_and_checkpoint_reloads(tmp_path):
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [
+            {"prompt": f'A sign "{w}". The color of the text "{w}" is {c}.', "text": w, "color": c}
+            for w, c in PROMPTS
+        ]
+    ).to_parquet(split)
+    config = {
+        "pretrain": {"steps": 40, "batch_size": 8, "checkpoint_every": 20, "warmup_steps": 5},
+        "mini": TINY_MINI,
+    }
+    out = tmp_path / "base"
+    assert (
+        pretrain.main(["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)])
+        == 0
+    )
+    losses = pd.read_parquet(out / "metrics.parquet")["loss"]
+    assert losses.iloc[-1] < 0.7 * losses.iloc[0]
+
+    saved = MiniPolicy(load_mini(out / "model"), trainable=False)
+    model = pretrain.build_model(
+        pretrain.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
+    )
+    weights, state = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
+    assert state["step"] == 40
+    model.load_state_dict(weights)
+    from_checkpoint = MiniPolicy(model, trainable=False)
+    cond, _ = saved.encode(['A sign "CAT". The color of the text "CAT" is red.'])
+    x, sigma = torch.randn(1, 3, 32, 128), torch.tensor([0.5])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            saved.velocity(x, sigma, cond), from_checkpoint.velocity(x, sigma, cond), rtol=0, atol=0
+        )
