@@ -33,6 +33,7 @@ from pipeline import io, tracking
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainConfig, config_hash
 from pipeline.models import load_policy
+from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
 from pipeline.rl.ema import Ema
 from pipeline.rl.trainer import LoopSettings, MethodSpec, run_iteration
@@ -71,8 +72,7 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
 
 
 def trainable_weights(policy) -> dict[str, torch.Tensor]:
-    ids = {id(p) for p in policy.trainable_parameters()}
-    return {name: p.detach() for name, p in policy.module.named_parameters() if id(p) in ids}
+    return {name: param.detach() for name, param in trainable_state(policy)}
 
 
 def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:

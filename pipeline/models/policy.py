@@ -44,6 +44,8 @@ class Policy(Protocol):
     #: ``(C, H, W)`` of one latent (pixels for ``mini``).
     latent_shape: tuple[int, int, int]
     device: torch.device
+    #: the module whose parameters are trained and checkpointed
+    module: torch.nn.Module
 
     def encode(self, prompts: list[str]) -> tuple[Conditioning, Conditioning]:
         """``(conditional [B, ...], unconditional [B, ...])`` for ``prompts``."""
