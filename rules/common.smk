@@ -199,6 +199,10 @@ def weights_flag(wildcards, input):
 
 def eval_params(wildcards):
     """Evaluation settings; a trained method's also include its training config (LoRA shape)."""
+    if wildcards.model == "base":
+        return json_params(
+            sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation
+        )
     return json_params(
         sampling=CFG.sampling,
         model=CFG.model,
