@@ -77,7 +77,6 @@ def main() -> int:
         TreeSchedule(num_steps=10, roots=2, branch_steps=(1, 3), branch_factors=(2, 2)), "normalize_then_mix"
     )
     settings = LoopSettings(
-        iterations=args.iterations,
         prompts_per_iteration=args.prompts,
         clip_range=1e-4,
         beta=0.04,

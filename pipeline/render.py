@@ -47,11 +47,6 @@ class Layout:
         """Horizontal advance of one monospace character."""
         return _font(self.font_px).getlength("M")
 
-    def band(self, index: int) -> tuple[int, int]:
-        """Columns ``[x0, x1)`` of the ``index``-th character."""
-        x0 = self.left_px + index * self.advance_px
-        return int(round(x0)), int(round(x0 + self.advance_px))
-
 
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:

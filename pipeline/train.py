@@ -53,7 +53,6 @@ def method_spec(method: MethodConfig, steps: int) -> MethodSpec:
 
 def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
     return LoopSettings(
-        iterations=train.iterations,
         prompts_per_iteration=train.prompts_per_iteration,
         clip_range=train.clip_range,
         beta=train.beta,

@@ -36,9 +36,6 @@ class Conditioning:
         keys = parts[0].tensors.keys()
         return Conditioning({k: torch.cat([p.tensors[k] for p in parts]) for k in keys})
 
-    def to(self, device: torch.device | str) -> Conditioning:
-        return Conditioning({k: v.to(device) for k, v in self.tensors.items()})
-
 
 class Policy(Protocol):
     #: ``(C, H, W)`` of one latent (pixels for ``mini``).

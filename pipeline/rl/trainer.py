@@ -39,7 +39,6 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    iterations: int
     prompts_per_iteration: int
     clip_range: float
     beta: float

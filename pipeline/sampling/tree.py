@@ -14,7 +14,7 @@ the step index and sigmas, the old log-probability and whether the step was stoc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,7 +54,6 @@ class TreeRollout:
     leaf_prompt: torch.Tensor
     images: np.ndarray
     nfe: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def guided_velocity(
