@@ -208,6 +208,11 @@ class TrainConfig:
     train_last_step: bool = False
     ema_decay: float = 0.0  # 0 = no EMA; Flow-GRPO uses 0.9
     checkpoint_every: int = 4
+    # A fixed batch of train prompts sampled by ODE (train_steps, the rollouts' guidance, one
+    # fixed seed) before the first update, every probe_every iterations and after the last:
+    # a training-reward curve free of the per-iteration prompt draw (0 prompts = off).
+    probe_prompts: int = 16
+    probe_every: int = 4
     seed: int = 0
     # Reward weights, shared by every method. Default: each reward's nominal range counts
     # once (ocr and color are 0..1, quality is 0..10).

@@ -80,12 +80,23 @@ def summary_table(images: pd.DataFrame, infos: dict[str, dict]) -> pd.DataFrame:
     return table.loc[[m for m in order if m in table.index]].reset_index()
 
 
-def stability_table(metrics: dict[str, pd.DataFrame], rewards: list[str]) -> pd.DataFrame:
-    """Per method: reward at the start and end of training, the spread of the per-iteration
-    means, the mean within-group std and the share of zero-variance groups."""
+def stability_table(
+    metrics: dict[str, pd.DataFrame], probes: dict[str, pd.DataFrame], rewards: list[str]
+) -> pd.DataFrame:
+    """Per method: reward at the start and end of training (first and last quarter of the
+    iterations, and the fixed probe batch before the first and after the last update), the
+    spread of the per-iteration means, the mean within-group std and the share of
+    zero-variance groups."""
     rows = []
     for method, table in sorted(metrics.items()):
         row = {"method": method, "iterations": len(table)}
+        probe = probes.get(method, pd.DataFrame())
+        for reward in rewards:
+            if f"{reward}_mean" in probe:
+                row |= {
+                    f"probe_{reward}_start": probe[f"{reward}_mean"].iloc[0],
+                    f"probe_{reward}_end": probe[f"{reward}_mean"].iloc[-1],
+                }
         for reward in rewards:
             column = f"{reward}_mean"
             if column in table:
@@ -105,19 +116,27 @@ def stability_table(metrics: dict[str, pd.DataFrame], rewards: list[str]) -> pd.
     return pd.DataFrame(rows)
 
 
-def curve_figure(metrics: dict[str, pd.DataFrame], reward: str) -> plt.Figure:
-    """One reward's training mean against iteration (left) and cumulative NFE (right), all methods."""
+def curve_figure(
+    metrics: dict[str, pd.DataFrame], probes: dict[str, pd.DataFrame], reward: str
+) -> plt.Figure:
+    """One reward's training mean (solid, 3-iteration mean) and fixed-probe mean (dashed, dots)
+    against iteration (left) and cumulative NFE (right), all methods."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for method, table in sorted(metrics.items()):
-        column = f"{reward}_mean"
-        if column not in table:
-            continue
-        smooth = table[column].rolling(3, min_periods=1).mean()
-        axes[0].plot(table["iteration"], smooth, label=method)
-        axes[1].plot(table["nfe_cumulative"], smooth, label=method)
+    column = f"{reward}_mean"
+    for index, (method, table) in enumerate(sorted(metrics.items())):
+        color = f"C{index}"
+        if column in table:
+            smooth = table[column].rolling(3, min_periods=1).mean()
+            axes[0].plot(table["iteration"], smooth, color=color, label=method)
+            axes[1].plot(table["nfe_cumulative"], smooth, color=color, label=method)
+        probe = probes.get(method, pd.DataFrame())
+        if column in probe:
+            axes[0].plot(probe["iteration"], probe[column], "o--", color=color, markersize=3)
+            axes[1].plot(probe["nfe_cumulative"], probe[column], "o--", color=color, markersize=3)
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("cumulative NFE (sampling + training rows)")
-    axes[0].set_ylabel(f"training {REWARD_LABELS.get(reward, reward)} (3-iteration mean)")
+    axes[0].set_ylabel(f"training {REWARD_LABELS.get(reward, reward)}")
+    axes[0].set_title("solid: rollouts; dashed: fixed probe prompts (ODE)", fontsize=9)
     axes[1].legend(fontsize=8)
     figure.tight_layout()
     return figure
@@ -175,7 +194,8 @@ def render_html(
         html_table(summary),
         "<h2>Training curves</h2>",
         *(img(data, f"curve {name}") for name, data in curves.items()),
-        "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations; "
+        "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations "
+        "(<code>probe_*</code>: the fixed probe prompts before the first and after the last update); "
         "<code>iteration_std</code> is the spread of the per-iteration means; zero-variance groups carry no "
         "signal.</p>",
         html_table(stability),
@@ -211,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewards", action="append", required=True, help="MODEL=rewards.parquet")
     parser.add_argument("--samples", action="append", required=True, help="MODEL=samples.parquet")
     parser.add_argument("--metrics", action="append", default=[], help="METHOD=metrics.parquet")
+    parser.add_argument("--probe", action="append", default=[], help="METHOD=probe.parquet")
     parser.add_argument("--train-info", action="append", default=[], help="METHOD=train_info.json")
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -224,13 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     sample_paths = pairs(args.samples, "--samples")
     samples = {m: pd.read_parquet(p) for m, p in sample_paths.items()}
     metrics = {m: pd.read_parquet(p) for m, p in pairs(args.metrics, "--metrics").items()}
+    probes = {m: pd.read_parquet(p) for m, p in pairs(args.probe, "--probe").items()}
     infos = {m: json.loads(p.read_text()) for m, p in pairs(args.train_info, "--train-info").items()}
     reward_names = [r for r in REWARD_LABELS if r in set(rewards.reward)]
 
     with tracking.stage_run(args, raw) as run:
         summary = summary_table(per_image_table(rewards), infos)
-        stability = stability_table(metrics, reward_names)
-        curves = {r: png_bytes(curve_figure(metrics, r)) for r in reward_names} if metrics else {}
+        stability = stability_table(metrics, probes, reward_names)
+        curves = {r: png_bytes(curve_figure(metrics, probes, r)) for r in reward_names} if metrics else {}
         grid = grid_image(
             samples, {m: p.parent for m, p in sample_paths.items()}, raw["report"]["grid_prompts"]
         )

@@ -8,7 +8,9 @@ Per iteration: sample a forest for a few training prompts (the method's tree sch
 score the leaves with the reward registry in process, compute the method's advantages and
 update the policy (:mod:`pipeline.rl.trainer`). Writes ``metrics.parquet`` (one row per
 iteration: every reward's mean and std, advantage statistics, zero-variance share, clip
-fraction, ratio mean, KL, loss, cumulative NFE, wall time), ``weights.safetensors`` (the
+fraction, ratio mean, KL, loss, cumulative NFE, wall time), ``probe.parquet`` (rewards of a
+fixed prompt batch, ODE-sampled every ``probe_every`` iterations; empty when probing is off),
+``weights.safetensors`` (the
 trained parameters: LoRA adapter or denoiser) and ``train_info.json``.
 
 A checkpoint is written every ``checkpoint_every`` iterations; a rerun after an interruption
@@ -36,7 +38,7 @@ from pipeline.models import load_policy
 from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
 from pipeline.rl.ema import Ema
-from pipeline.rl.trainer import LoopSettings, MethodSpec, run_iteration
+from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
 from pipeline.sampling.schedule import TreeSchedule
 
 
@@ -91,7 +93,7 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     ema = Ema(parameters, cfg.ema_decay) if cfg.ema_decay > 0 else None
     checkpoint_dir, stage_hash = out_dir / "checkpoint", config_hash(raw)
-    start, history, elapsed = 0, [], 0.0
+    start, history, probes, elapsed = 0, [], [], 0.0
     restored = load_checkpoint(checkpoint_dir, optimizer)
     if restored is not None and restored[1].get("config_hash") == stage_hash:
         weights, state = restored
@@ -99,16 +101,30 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
         if ema is not None:
             ema.shadow = [weights[f"ema.{i}"] for i in range(len(ema.shadow))]
         start, history, elapsed = state["iteration"], state["history"], state["elapsed_s"]
+        probes = state["probes"]
         print(f"resuming at iteration {start}")
     elif restored is not None:
         print("checkpoint from another config: starting afresh")
         optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     began = time.perf_counter() - elapsed
     cumulative = history[-1]["nfe_cumulative"] if history else 0
+    probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if cfg.probe_prompts else None
+
+    def probe_now(updates: int) -> None:
+        """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
+        if probe_prompts is None or any(row["iteration"] == updates for row in probes):
+            return
+        row = probe(policy, rewards, probe_prompts, settings, sampling.train_steps)
+        probes.append(row | {"iteration": updates, "nfe_cumulative": cumulative})
+        run.log_metrics({f"probe_{k}": v for k, v in row.items()}, step=updates)
+        print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
+
     for iteration in range(start, cfg.iterations):
         if time.perf_counter() - began > 60 * cfg.max_minutes:
             print(f"time budget of {cfg.max_minutes} min reached after {iteration} iterations")
             break
+        if iteration % cfg.probe_every == 0:
+            probe_now(iteration)
         try:
             row = run_iteration(policy, optimizer, rewards, train_split, method, settings, iteration, ema)
         except FloatingPointError as error:
@@ -131,17 +147,20 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
                 {
                     "iteration": iteration + 1,
                     "history": history,
+                    "probes": probes,
                     "elapsed_s": time.perf_counter() - began,
                     "config_hash": stage_hash,
                 },
             )
     if ema is not None:
         ema.copy_to_parameters()
+    probe_now(len(history))
     return {
         "iterations": len(history),
         "train_seconds": round(time.perf_counter() - began, 1),
         "nfe_cumulative": cumulative,
         "history": history,
+        "probes": probes,
     }
 
 
@@ -175,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tracking.stage_run(args, raw) as run:
         info = train(policy, pd.read_parquet(args.train), raw, args.out_dir, run)
-        metrics = pd.DataFrame(info.pop("history"))
-        io.write_parquet(
-            args.out_dir / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False)
-        )
+        for name, rows in (("metrics", info.pop("history")), ("probe", info.pop("probes"))):
+            table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+            io.write_parquet(args.out_dir / f"{name}.parquet", table)
         with io.atomic_path(args.out_dir / "weights.safetensors") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}, tmp)
         io.write_json(args.out_dir / "train_info.json", info | {"method": args.method})

@@ -216,6 +216,7 @@ def report_inputs(wildcards):
         "rewards": [f"{RESULTS}/eval/{m}/rewards.parquet" for m in MODELS],
         "samples": [f"{RESULTS}/eval/{m}/samples.parquet" for m in MODELS],
         "metrics": [f"{RESULTS}/train/{m}/metrics.parquet" for m in CFG.methods],
+        "probes": [f"{RESULTS}/train/{m}/probe.parquet" for m in CFG.methods],
         "infos": [f"{RESULTS}/train/{m}/train_info.json" for m in CFG.methods],
     }
     return inputs
@@ -226,6 +227,7 @@ def report_flags(wildcards, input):
     flags = [f"--rewards {m}={f}" for m, f in zip(MODELS, input.rewards)]
     flags += [f"--samples {m}={f}" for m, f in zip(MODELS, input.samples)]
     flags += [f"--metrics {m}={f}" for m, f in zip(CFG.methods, input.metrics)]
+    flags += [f"--probe {m}={f}" for m, f in zip(CFG.methods, input.probes)]
     flags += [f"--train-info {m}={f}" for m, f in zip(CFG.methods, input.infos)]
     return " ".join(flags)
 

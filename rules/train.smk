@@ -7,6 +7,7 @@ rule train:
         mlflow=MLFLOW_RECORD,
     output:
         metrics=f"{RESULTS}/train/{{method}}/metrics.parquet",
+        probe=f"{RESULTS}/train/{{method}}/probe.parquet",
         weights=f"{RESULTS}/train/{{method}}/weights.safetensors",
         info=f"{RESULTS}/train/{{method}}/train_info.json",
         run_id=f"{RESULTS}/train/{{method}}/mlflow_run_id.txt",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluation import score_images
+from pipeline.evaluation import ode_samples, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
@@ -179,6 +179,38 @@ def iteration_prompts(train: pd.DataFrame, settings: LoopSettings, iteration: in
     """The prompts of one iteration, seeded by (seed, iteration) so a resumed run repeats them."""
     rng = np.random.default_rng([settings.seed, iteration])
     return train.iloc[rng.choice(len(train), settings.prompts_per_iteration, replace=False)]
+
+
+def probe_batch(train: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """The fixed probe prompts: ``count`` train rows drawn once by ``seed`` (same for every method)."""
+    rng = np.random.default_rng([seed, 7])
+    return train.iloc[rng.choice(len(train), min(count, len(train)), replace=False)]
+
+
+def probe(
+    policy: Policy, rewards: dict[str, Reward], batch: pd.DataFrame, settings: LoopSettings, steps: int
+) -> dict:
+    """Mean rewards of one deterministic (ODE) sample per probe prompt, with a fixed seed: the
+    same starting noise every time, so a change is the policy's, not the draw's."""
+    with torch.no_grad():
+        rollout = ode_samples(
+            policy,
+            list(batch.prompt),
+            steps,
+            settings.guidance,
+            settings.seed,
+            settings.max_batch,
+            settings.shift,
+        )
+    scores = score_images(rewards, rollout.images, list(batch.prompt), list(batch.text), list(batch.color))
+    weights = np.array([settings.reward_weights.get(n, 0.0) for n in rewards])
+    row = {f"{name}_mean": float(scores[name].mean()) for name in rewards}
+    row["reward_mixed"] = float((scores[list(rewards)].to_numpy() @ weights).mean())
+    if "ocr_exact" in scores:
+        row["ocr_exact_mean"] = float(scores["ocr_exact"].mean())
+    if "color_correct" in scores:
+        row["color_correct_mean"] = float(scores["color_correct"].mean())
+    return row | {"nfe_probe": rollout.nfe}
 
 
 def run_iteration(

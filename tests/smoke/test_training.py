@@ -94,7 +94,7 @@ def _train_args(tmp_path, split, config_json):
 
 def test_killed_run_resumes_and_completes(tmp_path, train_split):
     tiny_mini_dir(tmp_path / "mini")
-    config_json = train_config_json(iterations=4, checkpoint_every=1)
+    config_json = train_config_json(iterations=4, checkpoint_every=1, probe_every=2)
     args = [sys.executable, "-m", "pipeline.train", *_train_args(tmp_path, train_split, config_json)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "out" / "checkpoint" / "state.json"
@@ -109,6 +109,8 @@ def test_killed_run_resumes_and_completes(tmp_path, train_split):
     assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
     metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
     assert list(metrics.iteration) == [0, 1, 2, 3]
+    probes = pd.read_parquet(tmp_path / "out" / "probe.parquet")
+    assert list(probes.iteration) == [0, 2, 4]  # none repeated or lost across the kill
     assert (tmp_path / "out" / "weights.safetensors").exists()
 
 
@@ -130,3 +132,20 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
         train.main(_train_args(tmp_path, train_split, config_json))
     state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 1
+
+
+def test_probe_is_deterministic_and_sees_the_policy_change(tmp_path, train_split):
+    policy = load_policy("mini", tiny_mini_dir(tmp_path / "mini"), device="cpu")
+    raw = json.loads(train_config_json())
+    settings = train.loop_settings(train.TrainConfig(**raw["train"]), train.SamplingConfig(**raw["sampling"]))
+    batch = trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0)
+    assert len(batch) == 3 and batch.equals(trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0))
+    rewards = build_rewards(["ocr", "color", "quality"])
+    first, second = (trainer.probe(policy, rewards, batch, settings, steps=3) for _ in range(2))
+    assert first == second
+    assert first["nfe_probe"] == 3 * 3  # one unguided row per prompt and step
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    moved = trainer.probe(policy, rewards, batch, settings, steps=3)
+    assert moved["quality_mean"] != first["quality_mean"]

@@ -31,7 +31,13 @@ def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
         method_cfg["branch_steps"] = [0, 1]
     train = (
         dataclasses.asdict(cfg.train)
-        | {"iterations": 2, "prompts_per_iteration": 2, "checkpoint_every": 1, "microbatch": 16}
+        | {
+            "iterations": 2,
+            "prompts_per_iteration": 2,
+            "checkpoint_every": 1,
+            "microbatch": 16,
+            "probe_prompts": 3,
+        }
         | train_overrides
     )
     return json.dumps(

@@ -38,6 +38,9 @@ def test_outputs_exist_with_expected_rows(study):
         assert {"ocr_mean", "color_mean", "quality_mean", "nfe_cumulative", "zero_variance_groups"} <= set(
             metrics
         )
+        probe = pd.read_parquet(study / RESULTS / "train" / method / "probe.parquet")
+        assert list(probe.iteration) == [0, 2]  # before the first update and after the last
+        assert {"ocr_mean", "color_mean", "quality_mean", "reward_mixed"} <= set(probe)
     for model in MODELS:
         samples = pd.read_parquet(study / RESULTS / "eval" / model / "samples.parquet")
         assert len(samples) == 5 * 2  # 5 prompts x 2 seeds
