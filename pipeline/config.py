@@ -55,6 +55,7 @@ class FilesConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
+    # generated | files (Flow-GRPO OCR prompt files) | captions (one caption per line)
     kind: str = "generated"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
@@ -63,6 +64,9 @@ class SourceConfig:
 @dataclass(frozen=True)
 class CurationConfig:
     seed: int = 0
+    # Captions only (source kind "captions"): drop captions of fewer words. PickScore-25k was
+    # built from Pick-a-Pic captions of at least 6 words, so 6 is a no-op on those files.
+    min_words: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,14 @@ class MiniModelConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # mini: built and pretrained by the workflow; sd3: a local diffusers SD3 folder (path).
+    # mini: built and pretrained by the workflow; sd3 / flux: a local diffusers folder (path).
     backend: str = "mini"
     path: str | None = None
     resolution: int = 512  # sd3 only; the mini model is 32 x 128
     dtype: str = "float32"
+    # flux only: FLUX.1-dev is guidance-distilled; this value feeds its guidance embedding
+    # (3.5 is its usual value and Flow-GRPO's). True CFG is sampling.guidance, as for sd3.
+    distilled_guidance: float = 3.5
     mini: MiniModelConfig = field(default_factory=MiniModelConfig)
 
 
@@ -262,7 +269,9 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    # name -> method; built from the config's methods section
+    # The methods this study trains (None = every method in the methods section).
+    run_methods: tuple[str, ...] | None = None
+    # name -> method; built from the config's methods section (only run_methods, if set)
     methods: dict = field(default_factory=dict)
 
 
@@ -324,6 +333,15 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
     validate(raw, source)
     cfg = _build(StudyConfig, raw)
     methods = {name: _build(MethodConfig, method) for name, method in raw.get("methods", {}).items()}
+    selected = raw.get("run_methods")
+    if selected is not None:
+        unknown = [name for name in selected if name not in methods]
+        if unknown:
+            raise ConfigError(
+                f"{source}: config key 'run_methods': {', '.join(map(repr, unknown))} not in methods "
+                f"(defined: {', '.join(methods)})"
+            )
+        methods = {name: methods[name] for name in selected}
     cfg = dataclasses.replace(cfg, methods=methods)
     for name, method in methods.items():
         _check_method(name, method, cfg.sampling.train_steps, source)
@@ -358,7 +376,7 @@ def _check_method(name: str, method: MethodConfig, steps: int, source: str) -> N
 def input_paths(cfg: StudyConfig) -> dict[str, str]:
     """Every input file the config names, by key path."""
     paths = {}
-    if cfg.dataset.source.kind == "files":
+    if cfg.dataset.source.kind in ("files", "captions"):
         paths["dataset.source.files.train"] = cfg.dataset.source.files.train
         paths["dataset.source.files.test"] = cfg.dataset.source.files.test
     if cfg.dataset.compare_with is not None:
@@ -371,7 +389,7 @@ def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     dirs = {}
     if "pickscore" in cfg.rewards.score:
         dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
-    if cfg.model.backend == "sd3":
+    if cfg.model.backend in ("sd3", "flux"):
         dirs["model.path"] = cfg.model.path or ""
     if cfg.rewards.ocr.backend == "paddleocr":
         dirs["rewards.ocr.paddle_det_dir"] = cfg.rewards.ocr.paddle_det_dir or ""

@@ -41,6 +41,12 @@ STAGE_SOURCES = {
     "mlflow_init": ["pipeline/mlflow_init.py"],
     "generate_prompts": ["pipeline/generate_prompts.py", "pipeline/palette.py"],
     "curate": ["pipeline/curate.py", "pipeline/curation.py", "pipeline/palette.py"],
+    "curate_captions": [
+        "pipeline/curate_captions.py",
+        "pipeline/curate.py",
+        "pipeline/curation.py",
+        "pipeline/palette.py",
+    ],
     "pretrain": [
         "pipeline/pretrain.py",
         "pipeline/checkpoint.py",
@@ -251,14 +257,14 @@ def wildcards_json(wildcards):
 
 def prompt_source(wildcards):
     """The prompt file that ``curate_dataset`` curates for one split."""
-    if CFG.dataset.source.kind == "files":
+    if CFG.dataset.source.kind in ("files", "captions"):
         return getattr(CFG.dataset.source.files, wildcards.split)
     return f"{DATASET_DIR}/sources/{wildcards.split}.txt"
 
 
 def line_range_flag(wildcards):
     """``--lines START:STOP`` where the config restricts a source file's lines."""
-    if CFG.dataset.source.kind != "files":
+    if CFG.dataset.source.kind not in ("files", "captions"):
         return ""
     lines = getattr(CFG.dataset.source.files, f"{wildcards.split}_lines")
     return "" if lines is None else f"--lines {lines}"

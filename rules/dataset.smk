@@ -22,30 +22,59 @@ rule generate_prompts:
         "> {log} 2>&1"
 
 
-rule curate_dataset:
-    """OCR-Color-10 curation of one split: keep, augment with a colour sentence, or drop."""
-    input:
-        source=prompt_source,
-        code=stage_sources("curate"),
-        mlflow=MLFLOW_RECORD,
-    output:
-        table=f"{DATASET_DIR}/{{split}}.parquet",
-        stats=f"{DATASET_DIR}/{{split}}_stats.json",
-        run_id=f"{DATASET_DIR}/{{split}}_mlflow_run_id.txt",
-    log:
-        f"{RESULTS}/logs/curate_dataset_{{split}}.log",
-    conda:
-        "../envs/pipeline.yaml"
-    params:
-        cfg=stage_params("dataset", "curation"),
-        seed=CFG.dataset.curation.seed,
-        lines=line_range_flag,
-        wildcards=wildcards_json,
-    shell:
-        "python -m pipeline.curate --source {input.source} --out {output.table} "
-        "--seed {params.seed} {params.lines} --stats {output.stats} "
-        "--mlflow-record {input.mlflow} --rule curate_dataset --wildcards {params.wildcards:q} "
-        "--run-id-file {output.run_id} > {log} 2>&1"
+if CFG.dataset.source.kind == "captions":
+
+    rule curate_captions:
+        """Caption prompts (PickScore-25k) of one split: normalise, drop empty/short/repeated."""
+        input:
+            source=prompt_source,
+            code=stage_sources("curate_captions"),
+            mlflow=MLFLOW_RECORD,
+        output:
+            table=f"{DATASET_DIR}/{{split}}.parquet",
+            stats=f"{DATASET_DIR}/{{split}}_stats.json",
+            run_id=f"{DATASET_DIR}/{{split}}_mlflow_run_id.txt",
+        log:
+            f"{RESULTS}/logs/curate_captions_{{split}}.log",
+        conda:
+            "../envs/pipeline.yaml"
+        params:
+            cfg=stage_params("dataset", "curation"),
+            min_words=CFG.dataset.curation.min_words,
+            lines=line_range_flag,
+            wildcards=wildcards_json,
+        shell:
+            "python -m pipeline.curate_captions --source {input.source} --out {output.table} "
+            "--min-words {params.min_words} {params.lines} --stats {output.stats} "
+            "--mlflow-record {input.mlflow} --rule curate_captions "
+            "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"
+
+else:
+
+    rule curate_dataset:
+        """OCR-Color-10 curation of one split: keep, augment with a colour sentence, or drop."""
+        input:
+            source=prompt_source,
+            code=stage_sources("curate"),
+            mlflow=MLFLOW_RECORD,
+        output:
+            table=f"{DATASET_DIR}/{{split}}.parquet",
+            stats=f"{DATASET_DIR}/{{split}}_stats.json",
+            run_id=f"{DATASET_DIR}/{{split}}_mlflow_run_id.txt",
+        log:
+            f"{RESULTS}/logs/curate_dataset_{{split}}.log",
+        conda:
+            "../envs/pipeline.yaml"
+        params:
+            cfg=stage_params("dataset", "curation"),
+            seed=CFG.dataset.curation.seed,
+            lines=line_range_flag,
+            wildcards=wildcards_json,
+        shell:
+            "python -m pipeline.curate --source {input.source} --out {output.table} "
+            "--seed {params.seed} {params.lines} --stats {output.stats} "
+            "--mlflow-record {input.mlflow} --rule curate_dataset --wildcards {params.wildcards:q} "
+            "--run-id-file {output.run_id} > {log} 2>&1"
 
 
 rule dataset_card:

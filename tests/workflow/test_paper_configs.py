@@ -1,0 +1,108 @@
+"""The paper-scale configs plan their studies (also under the SLURM profile) when the local
+files exist, and stop with an error naming the missing path's config key when they do not."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.workflow.study import copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+
+SHARED_OCR = Path(__file__).resolve().parents[3] / "shared" / "data" / "flow_grpo_ocr_test.txt"
+SHARED_CAPTIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pickscore_sfw_test.txt"
+
+
+def _lines(path: Path, fallback: list[str]) -> str:
+    """Real prompts from ../shared where present (the plan does not read them), else a few."""
+    return path.read_text(encoding="utf-8") if path.is_file() else "\n".join(fallback) + "\n"
+
+
+def provide_local_files(folder: Path, config: str) -> None:
+    """The files a user of ``config`` provides, as stand-ins (a dry run only checks they exist)."""
+    for model in ("PickScore_v1", "CLIP-ViT-H-14-laion2B-s32B-b79K"):
+        (folder / "models" / model).mkdir(parents=True, exist_ok=True)
+    if config == "paper_ocr_color":
+        ocr = _lines(SHARED_OCR, ['A sign that reads "OPEN" in red letters'])
+        for split in ("train", "test"):
+            path = folder / "data" / "flow_grpo" / "ocr" / f"{split}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(ocr, encoding="utf-8")
+        model = folder / "models" / "stable-diffusion-3.5-medium"
+    else:
+        captions = _lines(SHARED_CAPTIONS, ["a small red boat drifting on a calm lake at dawn"])
+        for split in ("train", "test"):
+            path = folder / "data" / "pickscore" / f"{split}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(captions, encoding="utf-8")
+        model = folder / "models" / "FLUX.1-dev"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "model_index.json").write_text("{}\n")
+
+
+@pytest.mark.parametrize(
+    ("config", "missing_key", "missing_path"),
+    [
+        ("paper_ocr_color", "dataset.source.files.train", "data/flow_grpo/ocr/train.txt"),
+        ("paper_pickscore", "dataset.source.files.train", "data/pickscore/train.txt"),
+    ],
+)
+def test_missing_local_files_are_named(tmp_path, config, missing_key, missing_path):
+    folder = copy_workflow(tmp_path)
+    result = snakemake(folder, "-n", "--configfile", f"configs/{config}.yaml", check=False)
+    assert result.returncode != 0
+    message = f"config key {missing_key!r}: file {missing_path!r} does not exist"
+    assert message in result.stdout + result.stderr
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_pickscore")
+    (folder / "models" / "FLUX.1-dev" / "model_index.json").unlink()
+    (folder / "models" / "FLUX.1-dev").rmdir()
+    result = snakemake(folder, "-n", "--configfile", "configs/paper_pickscore.yaml", check=False)
+    assert result.returncode != 0
+    assert "config key 'model.path': local folder 'models/FLUX.1-dev' does not exist" in (
+        result.stdout + result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            "paper_ocr_color",
+            {"curate_dataset": 2, "dataset_card": 1, "train": 4, "sample_eval": 5, "score": 5, "report": 1},
+        ),
+        (
+            "paper_pickscore",
+            {"curate_captions": 2, "dataset_card": 1, "train": 2, "sample_eval": 3, "score": 3, "report": 1},
+        ),
+    ],
+)
+def test_paper_config_plans_the_full_study(tmp_path, config, expected):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, config)
+    jobs = planned_jobs(folder, "--configfile", f"configs/{config}.yaml")
+    assert {rule: jobs[rule] for rule in expected} == expected
+    assert "pretrain_base" not in jobs  # paper models are loaded, not pretrained
+
+
+def test_slurm_profile_dry_run_requests_cluster_resources(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_ocr_color")
+    result = snakemake(
+        folder, "-n", "--workflow-profile", "profiles/slurm", "--configfile", "configs/paper_ocr_color.yaml"
+    )
+    out = result.stdout + result.stderr
+    assert "Using workflow specific profile profiles/slurm" in out
+    train = re.search(r"rule train:.*?resources: ([^\n]*)", out, re.S)
+    assert train, out[-2000:]
+    resources = dict(item.split("=", 1) for item in train.group(1).split(", "))
+    assert resources["slurm_partition"] == "<partition>" and resources["slurm_account"] == "<account>"
+    assert int(resources["gpu"]) >= 1 and int(resources["runtime"]) >= 2880
+    card = re.search(r"rule dataset_card:.*?resources: ([^\n]*)", out, re.S)
+    assert "gpu=0" in card.group(1)  # CPU rules stay small
