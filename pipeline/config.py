@@ -128,6 +128,8 @@ class MiniModelConfig:
     # Character position map channels (0 = off); it makes the fixed-layout task learnable
     # in minutes on 2 cores (model card).
     position_map_channels: int = 8
+    # Cell-phase and vertical coordinate channels after the map (pipeline/models/mini.py).
+    cell_coordinates: bool = True
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,16 @@ class TrainConfig:
     probe_prompts: int = 16
     probe_every: int = 4
     seed: int = 0
+    # Processes (one per GPU) of the train rule, whose gpu resource takes this value; each
+    # samples and trains prompts_per_iteration / gpus prompts (it must divide), advantages use
+    # the whole batch and gradients are summed over processes, so results do not depend on it.
+    gpus: int = 1
+    # Recompute the denoiser's activations in the backward pass (less memory, more compute);
+    # the diffusers backends (sd3, flux) only.
+    gradient_checkpointing: bool = False
+    # "no" or "bf16": autocast of the denoiser's forward passes (rollouts and loss) in bf16;
+    # the trainable weights, their gradients and the optimizer state stay float32.
+    mixed_precision: str = "no"
     # Reward weights, shared by every method. Default: each reward's nominal range counts
     # once (ocr and color are 0..1, quality is 0..10).
     reward_weights: dict = field(default_factory=lambda: {"ocr": 1.0, "color": 1.0, "quality": 0.1})

@@ -132,7 +132,10 @@ POSITION_MAP = """{channels} channels: character i's embedding painted into the 
   band of the fixed layout (first character at {left:.0f} px, {advance:.2f} px per character).
   Chosen over the plain model because it reaches a mid-range OCR reward, with spread inside
   SDE groups, within the 15-minute budget on 2 cores; it works only because the training
-  layout is fixed."""
+  layout is fixed.{coordinates}"""
+COORDINATES = """ Two fixed coordinate channels follow the map: the phase inside each character
+  cell (0 to 1 left to right) and the vertical position, so that a pixel knows where in its
+  glyph it lies."""
 
 
 def _row(name: str, values: dict) -> str:
@@ -155,7 +158,10 @@ def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
     ]
     position_map = (
         POSITION_MAP.format(
-            channels=cfg["position_map_channels"], left=cfg["left_px"], advance=cfg["advance_px"]
+            channels=cfg["position_map_channels"],
+            left=cfg["left_px"],
+            advance=cfg["advance_px"],
+            coordinates=COORDINATES if cfg.get("cell_coordinates") else "",
         )
         if cfg["position_map_channels"]
         else "off."

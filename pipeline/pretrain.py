@@ -51,6 +51,7 @@ def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
             text_layers=cfg.text_layers,
             block_out_channels=tuple(cfg.block_out_channels),
             position_map_channels=cfg.position_map_channels,
+            cell_coordinates=cfg.cell_coordinates,
             left_px=float(layout.left_px),
             advance_px=float(layout.advance_px),
         )

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=model["dtype"],
         device=args.device,
         trainable=trained,
+        distilled_guidance=model["distilled_guidance"],
     )
     if trained:
         load_trained(policy, args.weights)

@@ -17,6 +17,10 @@ interface, sampler and trainer. Architecture (sizes in :class:`MiniConfig`):
   input channels, where the renderer's fixed layout (``left_px``, ``advance_px``) puts that
   character. It tells the denoiser *where* each letter goes, which the small model cannot
   learn from cross-attention alone in minutes; it only works because the layout is fixed.
+  With ``cell_coordinates`` two fixed channels follow it: the horizontal phase inside the
+  character cell (0 at the cell's left edge to 1 at its right, 0 outside the text) and the
+  vertical position (-1 top to 1 bottom). Inside a band the map is constant, so without them
+  a pixel learns where it sits in its glyph only from distant band edges.
 * **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images (and map)
   (``[B, 3 + m, 32, 128] -> [B, 4 (3 + m), 16, 64]``), cross-attention at the two lower
   resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
@@ -66,6 +70,8 @@ class MiniConfig:
     # Channels of the character position map (0 = no map) and the layout it follows
     # (pipeline.render.Layout: first character's left edge and per-character advance, px).
     position_map_channels: int = 8
+    # Two fixed coordinate channels after the map (cell phase, vertical position); needs the map.
+    cell_coordinates: bool = False
     left_px: float = 8.0
     advance_px: float = 13.25
 
@@ -148,9 +154,10 @@ class MiniModel(nn.Module):
             (columns >= 0) & (columns < config.max_text_len), columns.floor(), torch.tensor(-1.0)
         )
         self.register_buffer("column_char", band.long(), persistent=False)
+        self.register_buffer("coordinates", self._cell_coordinates(columns, band), persistent=False)
         self.unet = UNet2DConditionModel(
             sample_size=(config.height // config.unshuffle, config.width // config.unshuffle),
-            in_channels=(3 + config.position_map_channels) * r2,
+            in_channels=(3 + self.extra_channels) * r2,
             out_channels=3 * r2,
             block_out_channels=config.block_out_channels,
             layers_per_block=1,
@@ -162,13 +169,34 @@ class MiniModel(nn.Module):
             norm_num_groups=8,
         )
 
+    @property
+    def extra_channels(self) -> int:
+        """Input channels besides RGB: the position map and the coordinate channels."""
+        config = self.config
+        return config.position_map_channels + (
+            2 if config.cell_coordinates and config.position_map_channels else 0
+        )
+
+    def _cell_coordinates(self, columns: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """``[2, H, W]``: phase inside the character cell (0 outside the text), vertical -1..1."""
+        phase = torch.where(band >= 0, columns - columns.floor(), torch.zeros_like(columns))  # [W]
+        rows = torch.linspace(-1.0, 1.0, self.config.height)  # [H]
+        return torch.stack(
+            [phase.expand(self.config.height, -1), rows[:, None].expand(-1, self.config.width)]
+        )
+
     def position_map(self, ids: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` token ids -> ``[B, m, H, W]``: character i's embedding in column band i."""
+        """``[B, T]`` token ids -> ``[B, m (+2), H, W]``: character i's embedding in column band i
+        (and the coordinate channels)."""
         chars = ids[:, 1 : 1 + self.config.max_text_len]  # [B, max_text_len]
         embedded = self.char_map(chars)  # [B, max_text_len, m]
         inside = (self.column_char >= 0).float()[None, :, None]  # [1, W, 1]
         per_column = embedded[:, self.column_char.clamp(min=0)] * inside  # [B, W, m]
-        return per_column.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, self.config.height, -1)
+        painted = per_column.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, self.config.height, -1)
+        if self.extra_channels == self.config.position_map_channels:
+            return painted
+        coordinates = self.coordinates.to(painted.dtype).expand(len(ids), -1, -1, -1)  # [B, 2, H, W]
+        return torch.cat([painted, coordinates], dim=1)
 
     def forward(
         self,
