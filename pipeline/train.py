@@ -2,7 +2,7 @@
 
     python -m pipeline.train --method multi_grpo --train train.parquet --base-model DIR \
         --config-json '{"train": ..., "method": ..., "sampling": ..., "rewards": ..., "model": ...}' \
-        --out-dir DIR
+        --out-dir DIR [--nproc N]
 
 Per iteration: sample a forest for a few training prompts (the method's tree schedule),
 score the leaves with the reward registry in process, compute the method's advantages and
@@ -16,11 +16,18 @@ trained parameters: LoRA adapter or denoiser) and ``train_info.json``.
 A checkpoint is written every ``checkpoint_every`` iterations; a rerun after an interruption
 (kill -9 included) resumes from it and finishes the configured iterations. A NaN or infinite
 loss stops the job with an error and leaves the last good checkpoint in place.
+
+With ``--nproc N`` (N > 1) the command re-launches itself in N processes through torchrun,
+one per GPU: each samples and trains its share of the prompts, advantages come from the
+gathered batch and gradients are summed across processes, so an iteration computes what one
+process computes on the whole batch (:mod:`pipeline.rl.distributed`). Only rank 0 logs,
+probes and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -37,6 +44,8 @@ from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainCo
 from pipeline.models import load_policy
 from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
+from pipeline.rl import distributed
+from pipeline.rl.distributed import SINGLE, Ranks
 from pipeline.rl.ema import Ema
 from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
 from pipeline.sampling.schedule import TreeSchedule
@@ -69,6 +78,7 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
         train_last_step=train.train_last_step,
         seed=train.seed,
         reward_weights=dict(train.reward_weights),
+        mixed_precision=train.mixed_precision,
     )
 
 
@@ -83,13 +93,14 @@ def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> dict:
+def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks = SINGLE) -> dict:
     cfg, sampling = TrainConfig(**raw["train"]), SamplingConfig(**raw["sampling"])
     method = method_spec(MethodConfig(**raw["method"]), sampling.train_steps)
     settings = loop_settings(cfg, sampling)
     names = [n for n in settings.reward_weights if settings.reward_weights[n] != 0]
     rewards = build_rewards(names, RewardsConfig().settings() | raw["rewards"])
     parameters = policy.trainable_parameters()
+    distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     ema = Ema(parameters, cfg.ema_decay) if cfg.ema_decay > 0 else None
     checkpoint_dir, stage_hash = out_dir / "checkpoint", config_hash(raw)
@@ -102,13 +113,17 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
             ema.shadow = [weights[f"ema.{i}"] for i in range(len(ema.shadow))]
         start, history, elapsed = state["iteration"], state["history"], state["elapsed_s"]
         probes = state["probes"]
-        print(f"resuming at iteration {start}")
+        if ranks.is_main:
+            print(f"resuming at iteration {start}")
     elif restored is not None:
-        print("checkpoint from another config: starting afresh")
+        if ranks.is_main:
+            print("checkpoint from another config: starting afresh")
         optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     began = time.perf_counter() - elapsed
     cumulative = history[-1]["nfe_cumulative"] if history else 0
-    probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if cfg.probe_prompts else None
+    # Rank 0 probes alone (the others wait for it at the next collective).
+    probing = cfg.probe_prompts > 0 and ranks.is_main
+    probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if probing else None
 
     def probe_now(updates: int) -> None:
         """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
@@ -120,13 +135,16 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
         print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
 
     for iteration in range(start, cfg.iterations):
-        if time.perf_counter() - began > 60 * cfg.max_minutes:
-            print(f"time budget of {cfg.max_minutes} min reached after {iteration} iterations")
+        if distributed.agree(time.perf_counter() - began > 60 * cfg.max_minutes, ranks):  # all stop
+            if ranks.is_main:
+                print(f"time budget of {cfg.max_minutes} min reached after {iteration} iterations")
             break
         if iteration % cfg.probe_every == 0:
             probe_now(iteration)
         try:
-            row = run_iteration(policy, optimizer, rewards, train_split, method, settings, iteration, ema)
+            row = run_iteration(
+                policy, optimizer, rewards, train_split, method, settings, iteration, ema, ranks
+            )
         except FloatingPointError as error:
             raise SystemExit(
                 f"iteration {iteration}: {error}; the last good checkpoint is kept in {checkpoint_dir}"
@@ -135,8 +153,10 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
         row |= {"nfe_cumulative": cumulative, "wall_s": time.perf_counter() - began}
         history.append(row)
         run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=iteration)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
+        if ranks.is_main:
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+        checkpoint_now = (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations
+        if checkpoint_now and ranks.is_main:
             weights = trainable_weights(policy)
             if ema is not None:
                 weights |= {f"ema.{i}": t for i, t in enumerate(ema.shadow)}
@@ -152,6 +172,8 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
                     "config_hash": stage_hash,
                 },
             )
+        if checkpoint_now:
+            distributed.barrier(ranks)  # the ranks leave the iteration with the checkpoint complete
     if ema is not None:
         ema.copy_to_parameters()
     probe_now(len(history))
@@ -164,6 +186,16 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run) -> d
     }
 
 
+def write_outputs(out_dir: Path, policy, info: dict) -> None:
+    """metrics.parquet, probe.parquet, weights.safetensors and train_info.json."""
+    for name, rows in (("metrics", info.pop("history")), ("probe", info.pop("probes"))):
+        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        io.write_parquet(out_dir / f"{name}.parquet", table)
+    with io.atomic_path(out_dir / "weights.safetensors") as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}, tmp)
+    io.write_json(out_dir / "train_info.json", info)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", required=True, help="method name (for records)")
@@ -171,36 +203,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", type=Path, required=True, help="base model folder")
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of the job (shared by its processes)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--nproc", type=int, default=1, help="training processes, one per GPU (torchrun)")
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
     raw = json.loads(args.config_json)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    model, cfg = raw["model"], TrainConfig(**raw["train"])
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
-    model, cfg = raw["model"], TrainConfig(**raw["train"])
-    torch.manual_seed(cfg.seed)
-    policy = load_policy(
-        model["backend"],
-        args.base_model,
-        lora_rank=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        resolution=model["resolution"],
-        dtype=model["dtype"],
-        device=args.device,
-    )
-    with tracking.stage_run(args, raw) as run:
-        info = train(policy, pd.read_parquet(args.train), raw, args.out_dir, run)
-        for name, rows in (("metrics", info.pop("history")), ("probe", info.pop("probes"))):
-            table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-            io.write_parquet(args.out_dir / f"{name}.parquet", table)
-        with io.atomic_path(args.out_dir / "weights.safetensors") as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}, tmp)
-        io.write_json(args.out_dir / "train_info.json", info | {"method": args.method})
-    print(f"{args.method}: {info['iterations']} iterations in {info['train_seconds']:.0f} s")
+    try:
+        distributed.check_shardable(cfg.prompts_per_iteration, args.nproc)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    if args.nproc > 1 and not distributed.is_worker():
+        return distributed.launch(args.nproc, "pipeline.train", sys.argv[1:] if argv is None else argv)
+    ranks, device = distributed.init(args.device)
+    try:
+        if args.threads:
+            torch.set_num_threads(max(1, args.threads // ranks.world_size))
+        torch.manual_seed(cfg.seed)
+        policy = load_policy(
+            model["backend"],
+            args.base_model,
+            lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            resolution=model["resolution"],
+            dtype=model["dtype"],
+            device=device,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            distilled_guidance=model["distilled_guidance"],
+        )
+        tracked = (
+            tracking.stage_run(args, raw) if ranks.is_main else contextlib.nullcontext(tracking.StageRun())
+        )
+        with tracked as run:
+            info = train(policy, pd.read_parquet(args.train), raw, args.out_dir, run, ranks)
+            if ranks.is_main:
+                write_outputs(args.out_dir, policy, info | {"method": args.method})
+    finally:
+        distributed.shutdown(ranks)
+    if ranks.is_main:
+        print(f"{args.method}: {info['iterations']} iterations in {info['train_seconds']:.0f} s")
     return 0
 
 

@@ -79,6 +79,7 @@ STAGE_SOURCES = {
         "pipeline/evaluation.py",
         "pipeline/rl/__init__.py",
         "pipeline/rl/advantages.py",
+        "pipeline/rl/distributed.py",
         "pipeline/rl/ema.py",
         "pipeline/rl/loss.py",
         "pipeline/rl/trainer.py",

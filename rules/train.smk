@@ -18,8 +18,10 @@ rule train:
     conda:
         "../envs/pipeline.yaml"
     threads: 2
+    # One process per GPU granted (torchrun inside the job; a --resources gpu cap below
+    # train.gpus lowers the grant, not the results); the threads are shared between them.
     resources:
-        gpu=1,
+        gpu=CFG.train.gpus,
     params:
         cfg=method_params,
         base_dir=base_model_dir(),
@@ -28,5 +30,5 @@ rule train:
     shell:
         "python -m pipeline.train --method {wildcards.method} --train {input.train} "
         "--base-model {params.base_dir} --config-json {params.cfg:q} --out-dir {params.out_dir} "
-        "--threads {threads} --mlflow-record {input.mlflow} --rule train "
+        "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow} --rule train "
         "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"

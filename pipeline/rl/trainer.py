@@ -3,12 +3,15 @@
 Every method of the comparison runs through this loop; they differ only in the tree
 schedule (:class:`~pipeline.sampling.schedule.TreeSchedule`) and the advantage settings.
 The maths lives in :mod:`pipeline.rl.advantages`, :mod:`pipeline.rl.loss` and
-:mod:`pipeline.sampling`; this module orchestrates.
+:mod:`pipeline.sampling`; this module orchestrates. With several processes each samples and
+trains its share of the prompts, and advantages come from the gathered batch
+(:mod:`pipeline.rl.distributed`); one process is the case of one rank.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +22,15 @@ from pipeline.evaluation import ode_samples, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
+from pipeline.rl.distributed import (
+    SINGLE,
+    Ranks,
+    gather_forest,
+    gather_objects,
+    merge_forests,
+    prompt_shard,
+    sum_gradients,
+)
 from pipeline.rl.ema import Ema
 from pipeline.rl.loss import gaussian_kl, ppo_clip_loss
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
@@ -53,6 +65,15 @@ class LoopSettings:
     train_last_step: bool = False
     seed: int = 0
     reward_weights: dict[str, float] = field(default_factory=dict)
+    mixed_precision: str = "no"  # no | bf16 (autocast of the denoiser's forward passes)
+
+
+def denoiser_precision(policy: Policy, settings: LoopSettings) -> AbstractContextManager:
+    """bf16 autocast around the rollouts (decoding included) and the loss's denoiser forward
+    passes when ``mixed_precision`` is ``bf16``: matrix products and convolutions run in bf16
+    while the trainable weights, their gradients and the optimizer state stay float32."""
+    enabled = settings.mixed_precision == "bf16"
+    return torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def edge_advantages(
@@ -98,9 +119,10 @@ def edge_loss(
     x = rollout.latents[index].to(device)
     sigma, sigma_next = rollout.sigma[index].to(device), rollout.sigma_next[index].to(device)
     c, u = cond.select(rows), uncond.select(rows)
-    v, cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
+    with denoiser_precision(policy, settings):
+        v, cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
     step = sde_step_with_logprob(
-        v,
+        v.float(),  # the log-probabilities in float32 whatever the forward's precision
         x,
         sigma,
         sigma_next,
@@ -112,10 +134,11 @@ def edge_loss(
         step.log_prob, rollout.log_prob[index].to(device), advantages[index].to(device), settings.clip_range
     )
     if settings.beta > 0:
-        with torch.no_grad(), policy.reference():
-            v_ref, ref_cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
+        with torch.no_grad():
+            with policy.reference(), denoiser_precision(policy, settings):
+                v_ref, ref_cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
             reference = sde_step_with_logprob(
-                v_ref,
+                v_ref.float(),
                 x,
                 sigma,
                 sigma_next,
@@ -139,25 +162,29 @@ def update(
     settings: LoopSettings,
     rng: np.random.Generator,
     ema: Ema | None = None,
+    ranks: Ranks = SINGLE,
+    first_edge: int = 0,
 ) -> dict:
-    """Optimizer steps over the trained edges (shuffled, split evenly, gradient accumulation)."""
+    """Optimizer steps over the trained edges (shuffled, split evenly, gradient accumulation).
+
+    ``edges``: the global batch's trained edges (ids in the gathered forest, the same on every
+    rank); this rank's own are ``first_edge .. first_edge + E - 1``, with ``rollout`` its
+    ``E``-edge forest and ``advantages`` ``[E]`` their advantages. Every step's gradient is
+    that of the mean loss over one chunk of the global shuffle: a rank weights its edges by
+    1 / (edges in the chunk) and the gradients are summed over ranks (:mod:`pipeline.rl.distributed`).
+    """
     cond, uncond = policy.encode(rollout.prompts)
-    order = edges[torch.from_numpy(rng.permutation(len(edges)))]
-    stats: dict[str, list[float]] = {
-        "loss": [],
-        "ratio_mean": [],
-        "clip_fraction": [],
-        "kl": [],
-        "grad_norm": [],
-    }
-    cost = 0
+    order = edges[torch.from_numpy(rng.permutation(len(edges)))].numpy()
+    stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "clip_fraction": [], "kl": []}
+    norms, cost = [], 0
     parameters = policy.trainable_parameters()
-    for chunk in np.array_split(order.numpy(), settings.optimizer_steps_per_iteration):
+    for chunk in np.array_split(order, settings.optimizer_steps_per_iteration):
         if len(chunk) == 0:
             continue
+        own = chunk[(chunk >= first_edge) & (chunk < first_edge + len(advantages))] - first_edge
         optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(chunk), settings.microbatch):
-            index = torch.from_numpy(chunk[start : start + settings.microbatch])
+        for start in range(0, len(own), settings.microbatch):
+            index = torch.from_numpy(own[start : start + settings.microbatch])
             loss, step_stats, rows = edge_loss(policy, rollout, index, advantages, cond, uncond, settings)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()}")
@@ -167,12 +194,19 @@ def update(
             for key in ("ratio_mean", "clip_fraction", "kl"):
                 if key in step_stats:
                     stats[key].append(step_stats[key])
-        stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)))
+        sum_gradients(parameters, ranks)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)))
         optimizer.step()
         if ema is not None:
             ema.update()
-    summary = {key: float(np.mean(values)) if values else 0.0 for key, values in stats.items()}
-    return summary | {"nfe_training": cost}
+    # Loss statistics over every rank's microbatches; the clipped norm is the same on all ranks.
+    gathered = gather_objects((stats, cost), ranks)
+    summary = {key: _mean([v for part, _ in gathered for v in part[key]]) for key in stats}
+    return summary | {"grad_norm": _mean(norms), "nfe_training": sum(rank_cost for _, rank_cost in gathered)}
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
 
 
 def iteration_prompts(train: pd.DataFrame, settings: LoopSettings, iteration: int) -> pd.DataFrame:
@@ -213,6 +247,45 @@ def probe(
     return row | {"nfe_probe": rollout.nfe}
 
 
+def prompt_seed(seed: int, iteration: int, index: int) -> int:
+    """Noise seed of the prompt at ``index`` in the iteration's batch: the same whichever rank
+    samples the prompt and whichever others it is sampled with."""
+    return int(np.random.SeedSequence([seed, iteration, index]).generate_state(1)[0])
+
+
+def sample_prompts(
+    policy: Policy,
+    prompts: list[str],
+    first: int,
+    method: MethodSpec,
+    settings: LoopSettings,
+    iteration: int,
+) -> TreeRollout:
+    """The forests of ``prompts`` (positions ``first, first + 1, ...`` of the iteration's batch).
+
+    ``sample_tree`` draws a batch's noise from one generator in node order, so a prompt's
+    noise would depend on its neighbours; one call per prompt with its own seed
+    (:func:`prompt_seed`) makes a shard's forests those of the same prompts in one process.
+    """
+    sigmas = flow_sigmas(method.schedule.num_steps, settings.shift)
+    with denoiser_precision(policy, settings):
+        parts = [
+            sample_tree(
+                policy,
+                [prompt],
+                method.schedule,
+                sigmas,
+                guidance=settings.guidance,
+                noise_level=settings.noise_level,
+                sde_type=settings.sde_type,
+                max_batch=settings.max_batch,
+                seed=prompt_seed(settings.seed, iteration, first + i),
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+    return merge_forests(parts)
+
+
 def run_iteration(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -222,43 +295,43 @@ def run_iteration(
     settings: LoopSettings,
     iteration: int,
     ema: Ema | None = None,
+    ranks: Ranks = SINGLE,
 ) -> dict:
-    """One GRPO iteration; returns its metrics row."""
+    """One GRPO iteration of this rank's share of the prompts; returns the whole batch's
+    metrics row (the same on every rank but for ``seconds``)."""
     began = time.perf_counter()
     batch = iteration_prompts(train, settings, iteration)
-    prompts = list(batch.prompt)
-    rollout = sample_tree(
-        policy,
-        prompts,
-        method.schedule,
-        flow_sigmas(method.schedule.num_steps, settings.shift),
-        guidance=settings.guidance,
-        noise_level=settings.noise_level,
-        sde_type=settings.sde_type,
-        max_batch=settings.max_batch,
-        seed=settings.seed * 1_000_003 + iteration,
-    )
+    shard = prompt_shard(len(batch), ranks)
+    own = batch.iloc[shard]
+    rollout = sample_prompts(policy, list(own.prompt), shard.start, method, settings, iteration)
     leaf = rollout.leaf_prompt.numpy()
     scores = score_images(
         rewards,
         rollout.images,
-        [prompts[i] for i in leaf],
-        [batch.text.iloc[i] for i in leaf],
-        [batch.color.iloc[i] for i in leaf],
+        [own.prompt.iloc[i] for i in leaf],
+        [own.text.iloc[i] for i in leaf],
+        [own.color.iloc[i] for i in leaf],
     )
+    # Group statistics span ranks: every rank computes all advantages on the gathered batch.
+    forest, scores, first_edge = gather_forest(rollout, scores, ranks)
     names = list(rewards)
     leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
     weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
-    advantages = edge_advantages(rollout, leaf_rewards, weights, method)
-    edges = trained_edges(rollout, advantages, method.schedule.num_steps, settings.train_last_step)
+    advantages = edge_advantages(forest, leaf_rewards, weights, method)
+    edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
     rng = np.random.default_rng([settings.seed, iteration, 1])
-    stats = update(policy, optimizer, rollout, advantages, edges, settings, rng, ema) if len(edges) else {}
-    group_std = scores.assign(group=leaf).groupby("group")[names].std(ddof=0)
+    own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
+    stats = (
+        update(policy, optimizer, rollout, own_advantages, edges, settings, rng, ema, ranks, first_edge)
+        if len(edges)
+        else {}
+    )
+    group_std = scores.assign(group=forest.leaf_prompt.numpy()).groupby("group")[names].std(ddof=0)
     row = {
         "iteration": iteration,
-        "nfe_sampling": rollout.nfe,
+        "nfe_sampling": forest.nfe,
         "trained_edges": len(edges),
-        "edges": len(rollout.edge_child),
+        "edges": len(forest.edge_child),
         "seconds": time.perf_counter() - began,
         "reward_mixed": float((leaf_rewards @ weights).mean()),
         "zero_variance_groups": float((group_std.max(axis=1) <= 1e-6).mean()),
