@@ -130,9 +130,9 @@ each of {group_prompts} prompts.
 
 POSITION_MAP = """{channels} channels: character i's embedding painted into the i-th column
   band of the fixed layout (first character at {left:.0f} px, {advance:.2f} px per character).
-  Chosen over the plain model because it reaches a mid-range OCR reward, with spread inside
-  SDE groups, within the 15-minute budget on 2 cores; it works only because the training
-  layout is fixed.{coordinates}"""
+  Chosen over the plain model because the pretraining issue measured it reaching a
+  mid-range OCR reward within 15 minutes on 2 cores (this project's runs have not yet
+  reproduced that: see the scores below); it works only because the training layout is fixed.{coordinates}"""
 COORDINATES = """ Two fixed coordinate channels follow the map: the phase inside each character
   cell (0 to 1 left to right) and the vertical position, so that a pixel knows where in its
   glyph it lies."""
