@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.models.policy import Conditioning
+from pipeline.models.policy import Conditioning, add_float32_lora
 
 # The sd3 backend's list: every attention projection of the double-stream (MM-DiT) blocks,
 # image and text stream. peft matches by name suffix, so ``attn.to_q`` / ``attn.to_k`` /
@@ -141,20 +141,7 @@ class FluxPolicy:
         self.latent_shape = (channels, resolution // scale, resolution // scale)
         self.lora_rank = lora_rank
         if lora_rank > 0:
-            from peft import LoraConfig
-
-            self.transformer.add_adapter(
-                LoraConfig(
-                    r=lora_rank,
-                    lora_alpha=lora_alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=list(LORA_TARGETS),
-                )
-            )
-            # Adapter weights train in float32 whatever the base dtype (bf16 updates of small
-            # LoRA weights lose most of their mantissa).
-            for param in self.trainable_parameters():
-                param.data = param.data.float()
+            add_float32_lora(self.transformer, lora_rank, lora_alpha, LORA_TARGETS)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
 

@@ -66,3 +66,19 @@ def trainable_state(policy: Policy) -> Iterator[tuple[str, torch.Tensor]]:
     for name, param in policy.module.named_parameters():
         if id(param) in ids:
             yield name, param
+
+
+def add_float32_lora(module: torch.nn.Module, rank: int, alpha: int, targets: tuple[str, ...]) -> None:
+    """Add a gaussian-initialised LoRA adapter (peft) on ``targets`` of a frozen ``module``.
+
+    Adapter weights train in float32 whatever the base dtype: bf16 updates of small LoRA
+    weights lose most of their mantissa.
+    """
+    from peft import LoraConfig
+
+    module.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+    )
+    for param in module.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
