@@ -130,6 +130,11 @@ class MiniModelConfig:
     position_map_channels: int = 8
     # Cell-phase and vertical coordinate channels after the map (pipeline/models/mini.py).
     cell_coordinates: bool = True
+    # Learned per-character 2-D template channels after them (pipeline/models/mini.py; 0 = none).
+    template_channels: int = 0
+    # What the UNet predicts: "sample" (the clean image, converted to a velocity) or
+    # "velocity" (pipeline/models/mini.py says why "sample" learns letters faster).
+    prediction: str = "velocity"
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,8 @@ class PretrainConfig:
     # of images on a competing palette-coloured background (pipeline/render.py).
     shade_spread: float = 12.0
     competing_background: float = 0.1
+    # Exponential moving average of the weights (0 = off); the saved model is the average.
+    ema_decay: float = 0.0
     checkpoint_every: int = 50
     seed: int = 0
 

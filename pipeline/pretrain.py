@@ -5,8 +5,9 @@
 Every batch is rendered on the fly from the curated train split (``text`` in a shade of
 ``color``; :mod:`pipeline.render`), seeded by (seed, step) so that a resumed run sees the
 same batches as an uninterrupted one. Velocity loss, logit-normal noise levels, AdamW with
-linear warm-up, gradient clipping, caption dropout for classifier-free guidance. Training
-stops after ``steps`` or ``max_minutes``, whichever comes first.
+linear warm-up, gradient clipping, caption dropout for classifier-free guidance, and an
+optional exponential moving average of the weights (``ema_decay``; the saved model is then
+the average). Training stops after ``steps`` or ``max_minutes``, whichever comes first.
 
 Outputs in ``DIR``: ``model/`` (``config.json`` + ``model.safetensors``), ``metrics.parquet``
 (step, loss, learning rate, elapsed seconds) and ``train_info.json``. A checkpoint in
@@ -35,8 +36,10 @@ from pipeline.config import MiniModelConfig, PretrainConfig, config_hash
 from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.render import Layout, render_example
+from pipeline.rl.ema import Ema
 
 LOG_EVERY = 10  # steps between loss records
+EMA_PREFIX = "ema."  # checkpoint names of the averaged weights
 
 
 def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
@@ -52,6 +55,8 @@ def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
             block_out_channels=tuple(cfg.block_out_channels),
             position_map_channels=cfg.position_map_channels,
             cell_coordinates=cfg.cell_coordinates,
+            prediction=cfg.prediction,
+            template_channels=cfg.template_channels,
             left_px=float(layout.left_px),
             advance_px=float(layout.advance_px),
         )
@@ -80,15 +85,20 @@ def make_batch(
 def train(
     model: MiniModel, train_split: pd.DataFrame, cfg: PretrainConfig, out_dir: Path, run, stage_hash: str
 ) -> dict:
-    """The training loop; returns what ``train_info.json`` records."""
+    """The training loop; returns what ``train_info.json`` records. With ``cfg.ema_decay`` the
+    model's parameters hold the moving average when it returns."""
     tokenizer = MiniTokenizer(model.config.max_text_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    names = [name for name, _ in model.named_parameters()]
+    ema = Ema(list(model.parameters()), cfg.ema_decay) if cfg.ema_decay else None
     checkpoint_dir = out_dir / "checkpoint"
     start, elapsed, history = 0, 0.0, []
     restored = load_checkpoint(checkpoint_dir, optimizer)
     if restored is not None and restored[1].get("config_hash") == stage_hash:
         weights, state = restored
-        model.load_state_dict(weights)
+        model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(EMA_PREFIX)})
+        if ema is not None:
+            ema.shadow = [weights[EMA_PREFIX + name].clone() for name in names]
         start, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         print(f"resuming from step {start} ({elapsed:.0f} s trained)")
     elif restored is not None:
@@ -118,15 +128,18 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update()
         if step % LOG_EVERY == 0 or step == cfg.steps - 1:
             seconds = time.perf_counter() - began
             history.append({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": seconds})
             run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
             progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
+            averaged = {EMA_PREFIX + n: t for n, t in zip(names, ema.shadow, strict=True)} if ema else {}
             save_checkpoint(
                 checkpoint_dir,
-                model.state_dict(),
+                model.state_dict() | averaged,
                 optimizer,
                 {
                     "step": step + 1,
@@ -137,6 +150,8 @@ def train(
             )
     else:
         step = cfg.steps
+    if ema is not None:
+        ema.copy_to_parameters()
     return {"steps": step, "train_seconds": round(time.perf_counter() - began, 1), "history": history}
 
 

@@ -23,7 +23,12 @@ interface, sampler and trainer. Architecture (sizes in :class:`MiniConfig`):
   a pixel learns where it sits in its glyph only from distant band edges.
 * **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images (and map)
   (``[B, 3 + m, 32, 128] -> [B, 4 (3 + m), 16, 64]``), cross-attention at the two lower
-  resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
+  resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]),
+  either directly (``prediction = "velocity"``) or through the clean image it predicts
+  (``prediction = "sample"``: ``v = (x - x0_hat) / max(sigma, sigma_floor)``). With velocity
+  output the network must copy the input noise through its 32-channel first level to the
+  output exactly; at high noise it cannot, and the ODE starts from noisy estimates that
+  never settle into letters. Predicting the image leaves the noise to the formula.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ N_CHARS = 95
 COLOR_OFFSET = CHAR_OFFSET + N_CHARS
 NO_COLOR = COLOR_OFFSET + len(COLOR_NAMES)
 VOCAB_SIZE = NO_COLOR + 1
+PREDICTIONS = ("velocity", "sample")
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,19 @@ class MiniConfig:
     position_map_channels: int = 8
     # Two fixed coordinate channels after the map (cell phase, vertical position); needs the map.
     cell_coordinates: bool = False
+    # Channels of learned per-character 2-D templates ([H, cell width] each) painted into the
+    # character bands after the map (0 = none); needs the map.
+    template_channels: int = 0
     left_px: float = 8.0
     advance_px: float = 13.25
+    # What the UNet outputs: "velocity" (v = eps - x0) or "sample" (x0, converted to v).
+    prediction: str = "velocity"
+    # Smallest sigma the "sample" conversion divides by (keeps v finite as sigma -> 0).
+    sigma_floor: float = 0.05
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"mini model: prediction {self.prediction!r} must be one of {PREDICTIONS}")
 
     @property
     def seq_len(self) -> int:
@@ -155,6 +172,18 @@ class MiniModel(nn.Module):
         )
         self.register_buffer("column_char", band.long(), persistent=False)
         self.register_buffer("coordinates", self._cell_coordinates(columns, band), persistent=False)
+        # Column -> pixel column inside its character cell, [W] (0 outside the text).
+        cell_width = int(np.ceil(config.advance_px))
+        self.register_buffer(
+            "cell_column",
+            torch.where(band >= 0, ((columns - columns.floor()) * config.advance_px).long(), 0),
+            persistent=False,
+        )
+        self.templates = (
+            nn.Parameter(0.1 * torch.randn(VOCAB_SIZE, config.template_channels, config.height, cell_width))
+            if config.template_channels and config.position_map_channels
+            else None
+        )
         self.unet = UNet2DConditionModel(
             sample_size=(config.height // config.unshuffle, config.width // config.unshuffle),
             in_channels=(3 + self.extra_channels) * r2,
@@ -173,9 +202,9 @@ class MiniModel(nn.Module):
     def extra_channels(self) -> int:
         """Input channels besides RGB: the position map and the coordinate channels."""
         config = self.config
-        return config.position_map_channels + (
-            2 if config.cell_coordinates and config.position_map_channels else 0
-        )
+        if not config.position_map_channels:
+            return 0
+        return config.position_map_channels + 2 * config.cell_coordinates + config.template_channels
 
     def _cell_coordinates(self, columns: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         """``[2, H, W]``: phase inside the character cell (0 outside the text), vertical -1..1."""
@@ -192,11 +221,14 @@ class MiniModel(nn.Module):
         embedded = self.char_map(chars)  # [B, max_text_len, m]
         inside = (self.column_char >= 0).float()[None, :, None]  # [1, W, 1]
         per_column = embedded[:, self.column_char.clamp(min=0)] * inside  # [B, W, m]
-        painted = per_column.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, self.config.height, -1)
-        if self.extra_channels == self.config.position_map_channels:
-            return painted
-        coordinates = self.coordinates.to(painted.dtype).expand(len(ids), -1, -1, -1)  # [B, 2, H, W]
-        return torch.cat([painted, coordinates], dim=1)
+        painted = [per_column.permute(0, 2, 1)[:, :, None, :].expand(-1, -1, self.config.height, -1)]
+        if self.config.cell_coordinates:
+            painted.append(self.coordinates.to(per_column.dtype).expand(len(ids), -1, -1, -1))  # [B, 2, H, W]
+        if self.templates is not None:
+            column_ids = chars[:, self.column_char.clamp(min=0)]  # [B, W]
+            drawn = self.templates[column_ids, :, :, self.cell_column] * inside[..., None]  # [B, W, k, H]
+            painted.append(drawn.permute(0, 2, 3, 1))  # [B, k, H, W]
+        return torch.cat(painted, dim=1)
 
     def forward(
         self,
@@ -211,12 +243,30 @@ class MiniModel(nn.Module):
         the token ids ``[B, T]`` (needed by the position map).
         """
         r = self.config.unshuffle
+        inputs = pixels
         if self.char_map is not None:
-            pixels = torch.cat([pixels, self.position_map(ids).to(pixels.dtype)], dim=1)
-        hidden = nn.functional.pixel_unshuffle(pixels, r)
+            inputs = torch.cat([pixels, self.position_map(ids).to(pixels.dtype)], dim=1)
+        hidden = nn.functional.pixel_unshuffle(inputs, r)
         # The UNet's timestep embedding expects diffusers' 0..1000 timestep scale.
-        out = self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample
-        return nn.functional.pixel_shuffle(out, r)
+        out = nn.functional.pixel_shuffle(
+            self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample, r
+        )
+        if self.config.prediction == "velocity":
+            return out
+        return sample_to_velocity(pixels, out, sigma, self.config.sigma_floor)
+
+
+def sample_to_velocity(
+    noisy: torch.Tensor, predicted_sample: torch.Tensor, sigma: torch.Tensor, sigma_floor: float
+) -> torch.Tensor:
+    """Velocity ``[B, ...]`` implied by a clean-image prediction.
+
+    ``x = (1 - sigma) x0 + sigma eps`` and ``v = eps - x0`` give ``v = (x - x0) / sigma``;
+    ``sigma`` ``[B]`` is floored at ``sigma_floor`` so that the velocity stays finite at the
+    last step (the image error is then amplified at most ``1 / sigma_floor`` times).
+    """
+    scale = sigma.clamp(min=sigma_floor).reshape(-1, *([1] * (noisy.ndim - 1)))
+    return (noisy - predicted_sample) / scale
 
 
 def save_mini(model: MiniModel, folder: str | Path) -> None:
@@ -266,6 +316,8 @@ class MiniPolicy:
         self.model.text_encoder.requires_grad_(False)
         if self.model.char_map is not None:
             self.model.char_map.requires_grad_(False)
+        if self.model.templates is not None:
+            self.model.templates.requires_grad_(False)
         self._frozen_copy = None
         if not self.trainable:
             self.model.requires_grad_(False).eval()

@@ -49,3 +49,29 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
         torch.testing.assert_close(
             saved.velocity(x, sigma, cond), from_checkpoint.velocity(x, sigma, cond), rtol=0, atol=0
         )
+
+
+def test_moving_average_is_saved_and_checkpointed(tmp_path):
+    """With ``ema_decay`` the saved model holds the averaged weights, which the checkpoint
+    keeps beside the raw ones (``ema.<name>``) so that a resumed run continues the average."""
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    ).to_parquet(split)
+    config = {
+        "pretrain": {"steps": 6, "batch_size": 4, "checkpoint_every": 6, "warmup_steps": 1, "ema_decay": 0.5},
+        "mini": TINY_MINI,
+    }
+    out = tmp_path / "base"
+    assert (
+        pretrain.main(["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)])
+        == 0
+    )
+    saved = load_mini(out / "model").state_dict()
+    model = pretrain.build_model(pretrain.MiniModelConfig(**TINY_MINI), 0)
+    weights, _ = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
+    names = [name for name, _ in model.named_parameters()]
+    assert {pretrain.EMA_PREFIX + n for n in names} <= set(weights)
+    for name in names:
+        torch.testing.assert_close(saved[name], weights[pretrain.EMA_PREFIX + name], rtol=0, atol=0)
+    assert any(not torch.equal(saved[name], weights[name]) for name in names)
