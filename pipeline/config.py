@@ -132,9 +132,6 @@ class MiniModelConfig:
     cell_coordinates: bool = True
     # Learned per-character 2-D template channels after them (pipeline/models/mini.py; 0 = none).
     template_channels: int = 0
-    # What the UNet predicts: "sample" (the clean image, converted to a velocity) or
-    # "velocity" (pipeline/models/mini.py says why "sample" learns letters faster).
-    prediction: str = "velocity"
 
 
 @dataclass(frozen=True)

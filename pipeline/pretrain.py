@@ -55,7 +55,6 @@ def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
             block_out_channels=tuple(cfg.block_out_channels),
             position_map_channels=cfg.position_map_channels,
             cell_coordinates=cfg.cell_coordinates,
-            prediction=cfg.prediction,
             template_channels=cfg.template_channels,
             left_px=float(layout.left_px),
             advance_px=float(layout.advance_px),
@@ -181,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False)
         )
         info |= {
+            "ema_decay": cfg.ema_decay,
             "parameters": sum(p.numel() for p in model.parameters()),
             "model_config": asdict(model.config),
         }

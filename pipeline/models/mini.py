@@ -21,14 +21,16 @@ interface, sampler and trainer. Architecture (sizes in :class:`MiniConfig`):
   character cell (0 at the cell's left edge to 1 at its right, 0 outside the text) and the
   vertical position (-1 top to 1 bottom). Inside a band the map is constant, so without them
   a pixel learns where it sits in its glyph only from distant band edges.
+* **Character templates** (optional, ``template_channels = k > 0``, needs the map). Each
+  token owns a learned ``[k, H, cell width]`` tensor, painted into its character's cell
+  column by column. The constant band value leaves the network to *synthesise* each glyph's
+  shape from coordinates, which it does not learn in minutes: the ODE drifts into illegible
+  marks even though one-step denoising from moderate noise reads well. A template lets
+  the shape be learned directly as a spatial pattern (by gradient, from the images; nothing
+  rendered is copied in). Frozen during RL, like the text encoder and the map.
 * **Denoiser.** diffusers ``UNet2DConditionModel`` on 2x pixel-unshuffled images (and map)
   (``[B, 3 + m, 32, 128] -> [B, 4 (3 + m), 16, 64]``), cross-attention at the two lower
-  resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]),
-  either directly (``prediction = "velocity"``) or through the clean image it predicts
-  (``prediction = "sample"``: ``v = (x - x0_hat) / max(sigma, sigma_floor)``). With velocity
-  output the network must copy the input noise through its 32-channel first level to the
-  output exactly; at high noise it cannot, and the ODE starts from noisy estimates that
-  never settle into letters. Predicting the image leaves the noise to the formula.
+  resolutions. Its output is the flow-matching velocity in pixel space (images in [-1, 1]).
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ N_CHARS = 95
 COLOR_OFFSET = CHAR_OFFSET + N_CHARS
 NO_COLOR = COLOR_OFFSET + len(COLOR_NAMES)
 VOCAB_SIZE = NO_COLOR + 1
-PREDICTIONS = ("velocity", "sample")
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,6 @@ class MiniConfig:
     template_channels: int = 0
     left_px: float = 8.0
     advance_px: float = 13.25
-    # What the UNet outputs: "velocity" (v = eps - x0) or "sample" (x0, converted to v).
-    prediction: str = "velocity"
-    # Smallest sigma the "sample" conversion divides by (keeps v finite as sigma -> 0).
-    sigma_floor: float = 0.05
-
-    def __post_init__(self):
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"mini model: prediction {self.prediction!r} must be one of {PREDICTIONS}")
 
     @property
     def seq_len(self) -> int:
@@ -243,30 +236,12 @@ class MiniModel(nn.Module):
         the token ids ``[B, T]`` (needed by the position map).
         """
         r = self.config.unshuffle
-        inputs = pixels
         if self.char_map is not None:
-            inputs = torch.cat([pixels, self.position_map(ids).to(pixels.dtype)], dim=1)
-        hidden = nn.functional.pixel_unshuffle(inputs, r)
+            pixels = torch.cat([pixels, self.position_map(ids).to(pixels.dtype)], dim=1)
+        hidden = nn.functional.pixel_unshuffle(pixels, r)
         # The UNet's timestep embedding expects diffusers' 0..1000 timestep scale.
-        out = nn.functional.pixel_shuffle(
-            self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample, r
-        )
-        if self.config.prediction == "velocity":
-            return out
-        return sample_to_velocity(pixels, out, sigma, self.config.sigma_floor)
-
-
-def sample_to_velocity(
-    noisy: torch.Tensor, predicted_sample: torch.Tensor, sigma: torch.Tensor, sigma_floor: float
-) -> torch.Tensor:
-    """Velocity ``[B, ...]`` implied by a clean-image prediction.
-
-    ``x = (1 - sigma) x0 + sigma eps`` and ``v = eps - x0`` give ``v = (x - x0) / sigma``;
-    ``sigma`` ``[B]`` is floored at ``sigma_floor`` so that the velocity stays finite at the
-    last step (the image error is then amplified at most ``1 / sigma_floor`` times).
-    """
-    scale = sigma.clamp(min=sigma_floor).reshape(-1, *([1] * (noisy.ndim - 1)))
-    return (noisy - predicted_sample) / scale
+        out = self.unet(hidden, sigma * 1000.0, encoder_hidden_states=context).sample
+        return nn.functional.pixel_shuffle(out, r)
 
 
 def save_mini(model: MiniModel, folder: str | Path) -> None:
