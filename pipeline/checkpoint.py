@@ -48,9 +48,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: str | Path, optimizer: torch.optim.Optimizer
+    folder: str | Path, optimizer: torch.optim.Optimizer, config_hash: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """``(weights, state)`` from ``folder`` with ``optimizer`` restored, or None if absent."""
+    """``(weights, state)`` from ``folder`` with ``optimizer`` restored, or None if absent.
+
+    With ``config_hash``, a checkpoint written under another config also gives None, and
+    ``optimizer`` is left untouched (its parameters may not even have the saved shapes).
+    """
     folder = Path(folder)
     if not (folder / "state.json").is_file():
         old = folder.with_name(folder.name + ".old")  # a kill between the two renames
@@ -58,6 +62,8 @@ def load_checkpoint(
             return None
         folder = old
     state = json.loads((folder / "state.json").read_text())
+    if config_hash is not None and state.get("config_hash") != config_hash:
+        return None
     flat = load_file(folder / "optimizer.safetensors")
     per_param: dict[int, dict] = {}
     for name, tensor in flat.items():

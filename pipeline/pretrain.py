@@ -92,17 +92,16 @@ def train(
     ema = Ema(list(model.parameters()), cfg.ema_decay) if cfg.ema_decay else None
     checkpoint_dir = out_dir / "checkpoint"
     start, elapsed, history = 0, 0.0, []
-    restored = load_checkpoint(checkpoint_dir, optimizer)
-    if restored is not None and restored[1].get("config_hash") == stage_hash:
+    restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
+    if restored is not None:
         weights, state = restored
         model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(EMA_PREFIX)})
         if ema is not None:
             ema.shadow = [weights[EMA_PREFIX + name].clone() for name in names]
         start, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         print(f"resuming from step {start} ({elapsed:.0f} s trained)")
-    elif restored is not None:
+    elif checkpoint_dir.exists():
         print("checkpoint from another config: starting afresh")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model.train()
     began, step = time.perf_counter() - elapsed, start
     progress = tqdm(range(start, cfg.steps), desc="pretrain", initial=start, total=cfg.steps, disable=None)

@@ -105,8 +105,8 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
     ema = Ema(parameters, cfg.ema_decay) if cfg.ema_decay > 0 else None
     checkpoint_dir, stage_hash = out_dir / "checkpoint", config_hash(raw)
     start, history, probes, elapsed = 0, [], [], 0.0
-    restored = load_checkpoint(checkpoint_dir, optimizer)
-    if restored is not None and restored[1].get("config_hash") == stage_hash:
+    restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
+    if restored is not None:
         weights, state = restored
         load_trainable_weights(policy, {k: v for k, v in weights.items() if not k.startswith("ema.")})
         if ema is not None:
@@ -115,10 +115,8 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
         probes = state["probes"]
         if ranks.is_main:
             print(f"resuming at iteration {start}")
-    elif restored is not None:
-        if ranks.is_main:
-            print("checkpoint from another config: starting afresh")
-        optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    elif checkpoint_dir.exists() and ranks.is_main:
+        print("checkpoint from another config: starting afresh")
     began = time.perf_counter() - elapsed
     cumulative = history[-1]["nfe_cumulative"] if history else 0
     # Rank 0 probes alone (the others wait for it at the next collective).

@@ -75,3 +75,19 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
     for name in names:
         torch.testing.assert_close(saved[name], weights[pretrain.EMA_PREFIX + name], rtol=0, atol=0)
     assert any(not torch.equal(saved[name], weights[name]) for name in names)
+
+
+def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
+    """A leftover checkpoint of another architecture (here without templates) is not
+    restored, not even into the optimizer, and training starts again from step 0."""
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    ).to_parquet(split)
+    out = tmp_path / "base"
+    for mini in (TINY_MINI, TINY_MINI | {"template_channels": 2}):
+        config = {"pretrain": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, "mini": mini}
+        args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
+        assert pretrain.main(args) == 0
+    assert json.loads((out / "train_info.json").read_text())["model_config"]["template_channels"] == 2
+    assert pd.read_parquet(out / "metrics.parquet")["step"].tolist() == [0, 1]
