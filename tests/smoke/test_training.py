@@ -143,7 +143,8 @@ def test_probe_is_deterministic_and_sees_the_policy_change(tmp_path, train_split
     rewards = build_rewards(["ocr", "color", "quality"])
     first, second = (trainer.probe(policy, rewards, batch, settings, steps=3) for _ in range(2))
     assert first == second
-    assert first["nfe_probe"] == 3 * 3  # one unguided row per prompt and step
+    rows = 2 if settings.guidance > 1 else 1  # conditional (+ unconditional) rows per call
+    assert first["nfe_probe"] == 3 * 3 * rows  # prompts x steps x rows
     with torch.no_grad():
         for p in policy.trainable_parameters():
             p.add_(0.5 * torch.randn_like(p))
