@@ -322,6 +322,14 @@ def validate(raw: dict, source: str = "config") -> None:
             f"{source}: config key 'dataset.source.generator.word_min_len' "
             f"({gen['word_min_len']}) is greater than word_max_len ({gen['word_max_len']})"
         )
+    mini = raw.get("model", {}).get("mini", {})
+    if mini.get("position_map_channels", MiniModelConfig.position_map_channels) == 0:
+        for key in ("cell_coordinates", "template_channels"):
+            if mini.get(key):
+                raise ConfigError(
+                    f"{source}: config key 'model.mini.{key}' ({mini[key]}) needs the character "
+                    "position map, but model.mini.position_map_channels is 0"
+                )
 
 
 def _build(cls, raw: dict):

@@ -172,6 +172,8 @@ class MiniModel(nn.Module):
             torch.where(band >= 0, ((columns - columns.floor()) * config.advance_px).long(), 0),
             persistent=False,
         )
+        # Small at start, so that AdamW's roughly lr-sized steps shape them within the first
+        # hundred steps instead of the network learning to read fixed random codes.
         self.templates = (
             nn.Parameter(0.1 * torch.randn(VOCAB_SIZE, config.template_channels, config.height, cell_width))
             if config.template_channels and config.position_map_channels
@@ -193,7 +195,7 @@ class MiniModel(nn.Module):
 
     @property
     def extra_channels(self) -> int:
-        """Input channels besides RGB: the position map and the coordinate channels."""
+        """Input channels besides RGB: the position map, coordinate and template channels."""
         config = self.config
         if not config.position_map_channels:
             return 0
@@ -208,8 +210,8 @@ class MiniModel(nn.Module):
         )
 
     def position_map(self, ids: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` token ids -> ``[B, m (+2), H, W]``: character i's embedding in column band i
-        (and the coordinate channels)."""
+        """``[B, T]`` token ids -> ``[B, m (+2) (+k), H, W]``: character i's embedding in column
+        band i (then the coordinate channels and the k template channels)."""
         chars = ids[:, 1 : 1 + self.config.max_text_len]  # [B, max_text_len]
         embedded = self.char_map(chars)  # [B, max_text_len, m]
         inside = (self.column_char >= 0).float()[None, :, None]  # [1, W, 1]

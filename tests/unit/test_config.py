@@ -90,6 +90,16 @@ def test_word_length_bounds_are_ordered():
         config.load(raw)
 
 
+def test_template_channels_need_the_position_map():
+    raw = _set(default_raw(), "model.mini.position_map_channels", 0)
+    with pytest.raises(config.ConfigError, match="'model.mini.cell_coordinates' \\(True\\) needs the char"):
+        config.load(raw)
+    raw = _set(raw, "model.mini.cell_coordinates", False)
+    with pytest.raises(config.ConfigError, match="'model.mini.template_channels' \\(4\\) needs the char"):
+        config.load(raw)
+    config.load(_set(raw, "model.mini.template_channels", 0))
+
+
 def test_several_errors_are_all_reported():
     raw = _set(_set(default_raw(), "dataset.curation.seed", -1), "mlflow.experiment", "")
     message = str(pytest.raises(config.ConfigError, config.load, raw).value)
