@@ -107,12 +107,14 @@ def score_table(
     results: list[dict] = []
     workers = min(workers, len(chunks))
     if per_image and workers > 1:
-        # fork: workers start in milliseconds instead of re-importing everything (spawn costs
-        # ~2 s per worker, more than scoring a few hundred single-line images). The parent has
-        # built no OCR engine yet, so no onnxruntime thread pool is forked.
-        context = multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        )
+        # forkserver: workers fork from a clean single-threaded server that has imported the
+        # rewards once, so they start fast (spawn costs ~2 s per worker) and never inherit a
+        # caller's thread pools (a plain fork of a process that has run torch or onnxruntime
+        # can deadlock in the child: seen in the test suite).
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods:
+            context.set_forkserver_preload(["pipeline.rewards"])
         with context.Pool(workers, _init_worker, (per_image, settings)) as pool:
             progress = tqdm(total=len(paths), desc="scoring", unit="img", disable=None)
             for part in pool.imap_unordered(_score_chunk_in_worker, chunks):
