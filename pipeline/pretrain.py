@@ -36,10 +36,9 @@ from pipeline.config import MiniModelConfig, PretrainConfig, config_hash
 from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.render import Layout, render_example
-from pipeline.rl.ema import Ema
+from pipeline.rl.ema import Ema, without_averages
 
 LOG_EVERY = 10  # steps between loss records
-EMA_PREFIX = "ema."  # checkpoint names of the averaged weights
 
 
 def build_model(cfg: MiniModelConfig, seed: int) -> MiniModel:
@@ -88,16 +87,15 @@ def train(
     model's parameters hold the moving average when it returns."""
     tokenizer = MiniTokenizer(model.config.max_text_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    names = [name for name, _ in model.named_parameters()]
     ema = Ema(list(model.parameters()), cfg.ema_decay) if cfg.ema_decay else None
     checkpoint_dir = out_dir / "checkpoint"
     start, elapsed, history = 0, 0.0, []
     restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
     if restored is not None:
         weights, state = restored
-        model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(EMA_PREFIX)})
+        model.load_state_dict(without_averages(weights))
         if ema is not None:
-            ema.shadow = [weights[EMA_PREFIX + name].clone() for name in names]
+            ema.restore(weights)
         start, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         print(f"resuming from step {start} ({elapsed:.0f} s trained)")
     elif checkpoint_dir.exists():
@@ -134,10 +132,9 @@ def train(
             run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
             progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            averaged = {EMA_PREFIX + n: t for n, t in zip(names, ema.shadow, strict=True)} if ema else {}
             save_checkpoint(
                 checkpoint_dir,
-                model.state_dict() | averaged,
+                model.state_dict() | (ema.checkpoint_tensors() if ema else {}),
                 optimizer,
                 {
                     "step": step + 1,

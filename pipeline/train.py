@@ -46,7 +46,7 @@ from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
 from pipeline.rl import distributed
 from pipeline.rl.distributed import SINGLE, Ranks
-from pipeline.rl.ema import Ema
+from pipeline.rl.ema import Ema, without_averages
 from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
 from pipeline.sampling.schedule import TreeSchedule
 
@@ -108,9 +108,9 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
     restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
     if restored is not None:
         weights, state = restored
-        load_trainable_weights(policy, {k: v for k, v in weights.items() if not k.startswith("ema.")})
+        load_trainable_weights(policy, without_averages(weights))
         if ema is not None:
-            ema.shadow = [weights[f"ema.{i}"] for i in range(len(ema.shadow))]
+            ema.restore(weights)
         start, history, elapsed = state["iteration"], state["history"], state["elapsed_s"]
         probes = state["probes"]
         if ranks.is_main:
@@ -157,7 +157,7 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
         if checkpoint_now and ranks.is_main:
             weights = trainable_weights(policy)
             if ema is not None:
-                weights |= {f"ema.{i}": t for i, t in enumerate(ema.shadow)}
+                weights |= ema.checkpoint_tensors()
             save_checkpoint(
                 checkpoint_dir,
                 weights,

@@ -53,7 +53,7 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
 
 def test_moving_average_is_saved_and_checkpointed(tmp_path):
     """With ``ema_decay`` the saved model holds the averaged weights, which the checkpoint
-    keeps beside the raw ones (``ema.<name>``) so that a resumed run continues the average."""
+    keeps beside the raw ones (``ema.<parameter index>``) so that a resumed run continues the average."""
     split = tmp_path / "train.parquet"
     pd.DataFrame(
         [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
@@ -71,9 +71,9 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
     model = pretrain.build_model(pretrain.MiniModelConfig(**TINY_MINI), 0)
     weights, _ = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
     names = [name for name, _ in model.named_parameters()]
-    assert {pretrain.EMA_PREFIX + n for n in names} <= set(weights)
-    for name in names:
-        torch.testing.assert_close(saved[name], weights[pretrain.EMA_PREFIX + name], rtol=0, atol=0)
+    assert {f"ema.{i}" for i in range(len(names))} <= set(weights)
+    for i, name in enumerate(names):
+        torch.testing.assert_close(saved[name], weights[f"ema.{i}"], rtol=0, atol=0)
     assert any(not torch.equal(saved[name], weights[name]) for name in names)
 
 
