@@ -131,7 +131,7 @@ each of {group_prompts} prompts.
 POSITION_MAP = """{channels} channels: character i's embedding painted into the i-th column
   band of the fixed layout (first character at {left:.0f} px, {advance:.2f} px per character).
   It tells the denoiser where each letter goes; it works only because the training layout
-  is fixed.{coordinates}"""
+  is fixed.{extras}"""
 COORDINATES = """ Two fixed coordinate channels follow the map: the phase inside each character
   cell (0 to 1 left to right) and the vertical position, so that a pixel knows where in its
   glyph it lies."""
@@ -164,7 +164,7 @@ def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
             channels=cfg["position_map_channels"],
             left=cfg["left_px"],
             advance=cfg["advance_px"],
-            coordinates=(COORDINATES if cfg.get("cell_coordinates") else "")
+            extras=(COORDINATES if cfg.get("cell_coordinates") else "")
             + (
                 TEMPLATES.format(channels=cfg["template_channels"], height=cfg["height"])
                 if cfg.get("template_channels")
