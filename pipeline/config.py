@@ -219,6 +219,15 @@ class TrainConfig:
     # halves the cost). Evaluation uses sampling.guidance.
     guidance: float = 1.0
     train_last_step: bool = False
+    # Share of the trainable edges (random, reseeded each iteration) that get a loss term:
+    # Flow-GRPO's timestep_fraction, over edges so that it applies to trees too. Below 1 it
+    # buys more prompts per iteration for the same training compute.
+    edge_fraction: float = 1.0
+    # Rollout steps 0 .. sde_steps - 1 are SDE and trained; later ones are ODE and not
+    # trained (0 = every step SDE, as Flow-GRPO). A window at the start, where the layout
+    # is decided, keeps late-step noise out of the reward and its small-std steps, whose
+    # log-probability gradients are the largest, out of the loss (MixGRPO trains a window).
+    sde_steps: int = 0
     ema_decay: float = 0.0  # 0 = no EMA; Flow-GRPO uses 0.9
     checkpoint_every: int = 4
     # A fixed batch of train prompts sampled by ODE (train_steps, the rollouts' guidance, one
@@ -367,8 +376,18 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
             )
         methods = {name: methods[name] for name in selected}
     cfg = dataclasses.replace(cfg, methods=methods)
+    if cfg.train.sde_steps > cfg.sampling.train_steps:
+        raise ConfigError(
+            f"{source}: config key 'train.sde_steps' ({cfg.train.sde_steps}) is more than "
+            f"sampling.train_steps ({cfg.sampling.train_steps})"
+        )
     for name, method in methods.items():
         _check_method(name, method, cfg.sampling.train_steps, source)
+        if cfg.train.sde_steps and any(step >= cfg.train.sde_steps for step in method.branch_steps):
+            raise ConfigError(
+                f"{source}: config key 'methods.{name}.branch_steps': {list(method.branch_steps)} "
+                f"must lie inside the SDE window, below train.sde_steps = {cfg.train.sde_steps}"
+            )
     if check_paths:
         for key, path in input_paths(cfg).items():
             if not Path(path).is_file():

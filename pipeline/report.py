@@ -80,13 +80,29 @@ def summary_table(images: pd.DataFrame, infos: dict[str, dict]) -> pd.DataFrame:
     return table.loc[[m for m in order if m in table.index]].reset_index()
 
 
+def linear_trend(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Least-squares line through ``values`` ``[N]`` against ``steps`` ``[N]``: its change over
+    the run (slope x (last step - first step)) and that change's standard error, so a rise
+    can be told from the iteration-to-iteration noise (NaNs when N < 3 or steps are equal)."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(steps) < 3 or np.ptp(steps) == 0:
+        return float("nan"), float("nan")
+    centred = steps - steps.mean()
+    slope = float(centred @ (values - values.mean()) / (centred @ centred))
+    residuals = values - values.mean() - slope * centred
+    slope_se = float(np.sqrt(residuals @ residuals / (len(steps) - 2) / (centred @ centred)))
+    span = float(np.ptp(steps))
+    return slope * span, slope_se * span
+
+
 def stability_table(
     metrics: dict[str, pd.DataFrame], probes: dict[str, pd.DataFrame], rewards: list[str]
 ) -> pd.DataFrame:
     """Per method: reward at the start and end of training (first and last quarter of the
     iterations, and the fixed probe batch before the first and after the last update), the
-    spread of the per-iteration means, the mean within-group std and the share of
-    zero-variance groups."""
+    change of a line fitted to the per-iteration means with its standard error
+    (:func:`linear_trend`), the spread of those means, the mean within-group std and the
+    share of zero-variance groups."""
     rows = []
     for method, table in sorted(metrics.items()):
         row = {"method": method, "iterations": len(table)}
@@ -104,9 +120,12 @@ def stability_table(
                     table[column].iloc[: max(1, len(table) // 4)],
                     table[column].iloc[-max(1, len(table) // 4) :],
                 )
+                change, change_se = linear_trend(table["iteration"].to_numpy(), table[column].to_numpy())
                 row |= {
                     f"{reward}_start": head.mean(),
                     f"{reward}_end": tail.mean(),
+                    f"{reward}_trend": change,
+                    f"{reward}_trend_se": change_se,
                     f"{reward}_iteration_std": table[column].std(ddof=0),
                     f"{reward}_within_group_std": table[f"{reward}_std"].mean(),
                 }
@@ -196,6 +215,8 @@ def render_html(
         *(img(data, f"curve {name}") for name, data in curves.items()),
         "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations "
         "(<code>probe_*</code>: the fixed probe prompts before the first and after the last update); "
+        "<code>trend</code> is the change over the run of a line fitted to the per-iteration means, "
+        "with its standard error (<code>trend_se</code>): a rise within two of those is noise; "
         "<code>iteration_std</code> is the spread of the per-iteration means; zero-variance groups carry no "
         "signal.</p>",
         html_table(stability),

@@ -51,13 +51,14 @@ from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, ru
 from pipeline.sampling.schedule import TreeSchedule
 
 
-def method_spec(method: MethodConfig, steps: int) -> MethodSpec:
+def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodSpec:
     schedule = TreeSchedule(
         num_steps=steps,
         roots=method.roots,
         branch_steps=tuple(method.branch_steps),
         branch_factors=tuple(method.branch_factors),
         between=method.between,
+        sde_steps=sde_steps,
     )
     return MethodSpec(schedule, method.mixing, method.std_mode, method.renormalize, method.aggregate)
 
@@ -76,6 +77,7 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
         shift=sampling.shift,
         max_batch=sampling.max_batch,
         train_last_step=train.train_last_step,
+        edge_fraction=train.edge_fraction,
         seed=train.seed,
         reward_weights=dict(train.reward_weights),
         mixed_precision=train.mixed_precision,
@@ -95,7 +97,7 @@ def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
 
 def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks = SINGLE) -> dict:
     cfg, sampling = TrainConfig(**raw["train"]), SamplingConfig(**raw["sampling"])
-    method = method_spec(MethodConfig(**raw["method"]), sampling.train_steps)
+    method = method_spec(MethodConfig(**raw["method"]), sampling.train_steps, cfg.sde_steps)
     settings = loop_settings(cfg, sampling)
     names = [n for n in settings.reward_weights if settings.reward_weights[n] != 0]
     rewards = build_rewards(names, RewardsConfig().settings() | raw["rewards"])

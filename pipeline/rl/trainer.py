@@ -63,6 +63,7 @@ class LoopSettings:
     shift: float
     max_batch: int
     train_last_step: bool = False
+    edge_fraction: float = 1.0
     seed: int = 0
     reward_weights: dict[str, float] = field(default_factory=dict)
     mixed_precision: str = "no"  # no | bf16 (autocast of the denoiser's forward passes)
@@ -102,6 +103,16 @@ def trained_edges(
     if not train_last_step:
         keep &= rollout.edge_step < num_steps - 1
     return torch.nonzero(keep).flatten()
+
+
+def subsample_edges(edges: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """``[round(fraction * E)]`` of the ``[E]`` edge ids, drawn without replacement, in
+    ascending order (at least one when ``E > 0``); all of them when ``fraction`` is 1."""
+    if fraction >= 1.0 or len(edges) == 0:
+        return edges
+    count = max(1, round(fraction * len(edges)))
+    chosen = np.sort(rng.choice(len(edges), count, replace=False))
+    return edges[torch.from_numpy(chosen)]
 
 
 def edge_loss(
@@ -319,6 +330,8 @@ def run_iteration(
     weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
     advantages = edge_advantages(forest, leaf_rewards, weights, method)
     edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
+    subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
+    edges = subsample_edges(edges, settings.edge_fraction, subsample_rng)
     rng = np.random.default_rng([settings.seed, iteration, 1])
     own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
     stats = (

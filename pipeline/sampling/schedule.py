@@ -24,8 +24,10 @@ class TreeSchedule:
     Every prompt starts ``roots`` trajectories; at step ``branch_steps[j]`` every node
     spawns ``branch_factors[j]`` children from the same SDE mean with independent noise;
     on other steps every node continues on one path, by SDE (``between="sde"``, the step is
-    trainable) or ODE (``between="ode"``, deterministic and not trained). No branching with
-    ``roots = G`` is plain GRPO group sampling.
+    trainable) or ODE (``between="ode"``, deterministic and not trained). ``sde_steps`` > 0
+    ends the SDE region: from that step on every step is ODE (a MixGRPO-style window at the
+    start, where the image's layout is decided). No branching with ``roots = G`` is plain
+    GRPO group sampling.
 
     Attributes:
         num_steps: denoising steps.
@@ -33,6 +35,7 @@ class TreeSchedule:
         branch_steps: step indices (0-based, increasing) where nodes branch.
         branch_factors: children per node at each branching step (>= 2).
         between: ``"sde"`` or ``"ode"``.
+        sde_steps: steps ``0 .. sde_steps - 1`` may be SDE, later ones are ODE (0 = no limit).
     """
 
     num_steps: int
@@ -40,6 +43,7 @@ class TreeSchedule:
     branch_steps: tuple[int, ...] = ()
     branch_factors: tuple[int, ...] = ()
     between: str = "sde"
+    sde_steps: int = 0
 
     def __post_init__(self):
         if self.num_steps < 1 or self.roots < 1:
@@ -58,13 +62,21 @@ class TreeSchedule:
             raise ValueError(f"tree: branch_factors {list(self.branch_factors)} must be >= 2")
         if self.between not in ("sde", "ode"):
             raise ValueError(f"tree: between {self.between!r} must be 'sde' or 'ode'")
+        if not 0 <= self.sde_steps <= self.num_steps:
+            raise ValueError(f"tree: sde_steps ({self.sde_steps}) must lie in 0..{self.num_steps}")
+        if self.sde_steps and any(s >= self.sde_steps for s in self.branch_steps):
+            raise ValueError(
+                f"tree: branch_steps {list(self.branch_steps)} must lie inside the SDE window "
+                f"(steps below sde_steps = {self.sde_steps})"
+            )
 
     def factor(self, step: int) -> int:
         """Children per node at ``step`` (1 when the step does not branch)."""
         return dict(zip(self.branch_steps, self.branch_factors, strict=True)).get(step, 1)
 
     def is_stochastic(self, step: int) -> bool:
-        return self.factor(step) > 1 or self.between == "sde"
+        in_window = self.sde_steps == 0 or step < self.sde_steps
+        return self.factor(step) > 1 or (self.between == "sde" and in_window)
 
     @property
     def leaves_per_prompt(self) -> int:

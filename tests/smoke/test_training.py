@@ -42,6 +42,17 @@ def _one_iteration(policy, split, raw):
     return run_iteration(policy, optimizer, rewards, pd.read_parquet(split), method, settings, 0)
 
 
+def test_edge_fraction_trains_that_share_of_the_edges(tmp_path, train_split):
+    mini = tiny_mini_dir(tmp_path / "mini")
+    trained = {}
+    for fraction in (1.0, 0.5):
+        policy = load_policy("mini", mini, device="cpu")
+        raw = json.loads(train_config_json("flow_grpo", edge_fraction=fraction, train_last_step=True))
+        trained[fraction] = _one_iteration(policy, train_split, raw)["trained_edges"]
+    assert trained[1.0] > 0
+    assert trained[0.5] == round(trained[1.0] / 2)
+
+
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_one_step_changes_trainable_and_nothing_frozen(tmp_path, train_split, lora_rank):
     policy = load_policy(

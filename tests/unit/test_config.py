@@ -181,3 +181,13 @@ def test_bad_methods(method, expected):
     raw = _set(default_raw(), "methods", {"bad": method})
     with pytest.raises(config.ConfigError, match=expected):
         config.load(raw)
+
+
+def test_sde_window_fits_the_steps_and_holds_every_branch_step():
+    raw = _set(default_raw(), "train.sde_steps", 11)
+    with pytest.raises(config.ConfigError, match="'train.sde_steps' \\(11\\) is more than sampling"):
+        config.load(raw)
+    raw = _set(default_raw(), "train.sde_steps", 3)  # tree methods branch at step 3
+    with pytest.raises(config.ConfigError, match="'methods.tree_grpo.branch_steps': \\[1, 3\\] must lie"):
+        config.load(raw)
+    config.load(_set(default_raw(), "train.sde_steps", 4))

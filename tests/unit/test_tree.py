@@ -36,6 +36,7 @@ SCHEDULES = [
     TreeSchedule(num_steps=6, roots=8),  # plain GRPO group
     TreeSchedule(num_steps=6, roots=2, branch_steps=(0, 2), branch_factors=(2, 3)),
     TreeSchedule(num_steps=6, roots=1, branch_steps=(1, 3, 4), branch_factors=(2, 2, 2), between="ode"),
+    TreeSchedule(num_steps=6, roots=2, branch_steps=(1,), branch_factors=(4,), sde_steps=3),  # SDE window
 ]
 
 
@@ -131,3 +132,16 @@ def test_guidance_combines_branches():
 def test_bad_schedules_are_rejected(kwargs):
     with pytest.raises(ValueError, match="tree:"):
         TreeSchedule(num_steps=6, roots=2, **kwargs)
+
+
+def test_sde_window_makes_later_steps_ode_and_untrained():
+    schedule = TreeSchedule(num_steps=6, roots=2, branch_steps=(1,), branch_factors=(2,), sde_steps=3)
+    assert [schedule.is_stochastic(s) for s in range(6)] == [True, True, True, False, False, False]
+    assert TreeSchedule(num_steps=6, roots=2).is_stochastic(5)  # 0 = no window
+
+
+def test_sde_window_must_hold_the_branch_steps():
+    with pytest.raises(ValueError, match="inside the SDE window"):
+        TreeSchedule(num_steps=6, roots=2, branch_steps=(3,), branch_factors=(2,), sde_steps=3)
+    with pytest.raises(ValueError, match="sde_steps"):
+        TreeSchedule(num_steps=6, roots=2, sde_steps=7)

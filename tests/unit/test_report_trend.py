@@ -1,0 +1,36 @@
+"""``linear_trend``: the change over a run of a least-squares line, with its standard error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.report import linear_trend
+
+
+def test_hand_computed_line():
+    # values 1, 3, 2 at steps 0, 1, 2: slope 0.5, fitted 1.5, 2, 2.5, residuals -0.5, 1, -0.5;
+    # residual variance 1.5 / 1, slope SE sqrt(1.5 / 2); over 2 steps: change 1, SE 2 sqrt(0.75).
+    change, change_se = linear_trend(np.array([0, 1, 2]), np.array([1.0, 3.0, 2.0]))
+    assert change == pytest.approx(1.0)
+    assert change_se == pytest.approx(2 * math.sqrt(0.75))
+
+
+def test_agrees_with_scipy_linregress():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    steps = np.arange(3, 40)
+    values = 0.01 * steps + rng.normal(0, 0.1, len(steps))
+    fit = stats.linregress(steps, values)
+    change, change_se = linear_trend(steps, values)
+    span = steps[-1] - steps[0]
+    assert change == pytest.approx(fit.slope * span)
+    assert change_se == pytest.approx(fit.stderr * span)
+
+
+def test_exact_line_has_zero_error_and_short_runs_give_nan():
+    change, change_se = linear_trend(np.arange(5), 2.0 - 0.25 * np.arange(5))
+    assert change == pytest.approx(-1.0) and change_se == pytest.approx(0.0, abs=1e-12)
+    assert all(math.isnan(v) for v in linear_trend(np.arange(2), np.ones(2)))
