@@ -107,28 +107,25 @@ def stability_table(
     for method, table in sorted(metrics.items()):
         row = {"method": method, "iterations": len(table)}
         probe = probes.get(method, pd.DataFrame())
-        for reward in rewards:
-            if f"{reward}_mean" in probe:
-                row |= {
-                    f"probe_{reward}_start": probe[f"{reward}_mean"].iloc[0],
-                    f"probe_{reward}_end": probe[f"{reward}_mean"].iloc[-1],
-                }
-        for reward in rewards:
-            column = f"{reward}_mean"
+        # The weighted sum the methods optimise ("mixed") first, then every reward on its own.
+        columns = {"mixed": "reward_mixed"} | {reward: f"{reward}_mean" for reward in rewards}
+        for name, column in columns.items():
+            if column in probe:
+                row[f"probe_{name}_start"] = probe[column].iloc[0]
+                row[f"probe_{name}_end"] = probe[column].iloc[-1]
+        for name, column in columns.items():
             if column in table:
-                head, tail = (
-                    table[column].iloc[: max(1, len(table) // 4)],
-                    table[column].iloc[-max(1, len(table) // 4) :],
-                )
+                quarter = max(1, len(table) // 4)
                 change, change_se = linear_trend(table["iteration"].to_numpy(), table[column].to_numpy())
                 row |= {
-                    f"{reward}_start": head.mean(),
-                    f"{reward}_end": tail.mean(),
-                    f"{reward}_trend": change,
-                    f"{reward}_trend_se": change_se,
-                    f"{reward}_iteration_std": table[column].std(ddof=0),
-                    f"{reward}_within_group_std": table[f"{reward}_std"].mean(),
+                    f"{name}_start": table[column].iloc[:quarter].mean(),
+                    f"{name}_end": table[column].iloc[-quarter:].mean(),
+                    f"{name}_trend": change,
+                    f"{name}_trend_se": change_se,
+                    f"{name}_iteration_std": table[column].std(ddof=0),
                 }
+            if f"{name}_std" in table:
+                row[f"{name}_within_group_std"] = table[f"{name}_std"].mean()
         row["zero_variance_groups"] = table["zero_variance_groups"].mean()
         row["clip_fraction"] = table["clip_fraction"].mean() if "clip_fraction" in table else 0.0
         rows.append(row)

@@ -34,3 +34,26 @@ def test_exact_line_has_zero_error_and_short_runs_give_nan():
     change, change_se = linear_trend(np.arange(5), 2.0 - 0.25 * np.arange(5))
     assert change == pytest.approx(-1.0) and change_se == pytest.approx(0.0, abs=1e-12)
     assert all(math.isnan(v) for v in linear_trend(np.arange(2), np.ones(2)))
+
+
+def test_stability_table_reports_the_mixed_reward_and_each_reward():
+    import pandas as pd
+
+    from pipeline.report import stability_table
+
+    iterations = np.arange(8)
+    metrics = pd.DataFrame(
+        {
+            "iteration": iterations,
+            "reward_mixed": 1.0 + 0.1 * iterations,  # an exact line: change 0.7, no error
+            "ocr_mean": np.full(8, 0.5),
+            "ocr_std": np.full(8, 0.2),
+            "zero_variance_groups": np.zeros(8),
+        }
+    )
+    probe = pd.DataFrame({"iteration": [0, 8], "reward_mixed": [1.0, 1.2], "ocr_mean": [0.5, 0.6]})
+    row = stability_table({"m": metrics}, {"m": probe}, ["ocr"]).iloc[0]
+    assert row["mixed_trend"] == pytest.approx(0.7) and row["mixed_trend_se"] == pytest.approx(0.0, abs=1e-12)
+    assert row["mixed_start"] == pytest.approx(1.05) and row["mixed_end"] == pytest.approx(1.65)
+    assert (row["probe_mixed_start"], row["probe_mixed_end"]) == (1.0, 1.2)
+    assert row["ocr_trend"] == pytest.approx(0.0) and row["ocr_within_group_std"] == pytest.approx(0.2)
