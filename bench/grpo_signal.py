@@ -1,7 +1,7 @@
-"""How much of one GRPO iteration's gradient is signal: cosine between independent batches.
+"""How much of one GRPO iteration's gradient is signal, and does a short run learn?
 
-    .venv/bin/python bench/gradient_snr.py [--batches 5] [--prompts 4] [--method flow_grpo]
-        [--rewards mixed,ocr,brightness] [--config config.yaml]
+    .venv/bin/python bench/grpo_signal.py [--batches 5] [--prompts 4] [--method flow_grpo]
+        [--rewards mixed,ocr,brightness] [--train-iterations 0] [--config config.yaml]
 
 For each reward setup it draws ``--batches`` independent iterations (other prompts, other
 noise) from the default study's base model and train split, computes each one's GRPO
@@ -12,6 +12,10 @@ error. With ``g_b = mu + n_b`` (shared signal plus independent noise), that cosi
 whose signal matches its noise. ``mixed`` is the study's weighted reward, ``ocr`` the OCR
 reward alone, and ``brightness`` (mean pixel / 255, not a study reward) a control that the
 model can clearly learn.
+
+``--train-iterations N`` then trains a fresh copy for N iterations with the default optimizer
+(AdamW, ``train.learning_rate``) and prints the reward on 16 fixed train prompts (ODE, the
+trainer's probe) before and after.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pipeline import config  # noqa: E402
 from pipeline.models import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.rewards.base import Reward, RewardOutput  # noqa: E402
-from pipeline.rl.trainer import run_iteration  # noqa: E402
+from pipeline.rl.trainer import probe, probe_batch, run_iteration  # noqa: E402
 from pipeline.train import loop_settings, method_spec  # noqa: E402
 
 
@@ -82,6 +86,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per batch")
     parser.add_argument("--rewards", default="mixed,ocr,brightness")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-iterations", type=int, default=0, help="then train this many and probe")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = config.load(yaml.safe_load(Path(args.config).read_text()), args.config, check_paths=False)
@@ -110,12 +115,11 @@ def main() -> int:
             rewards = build_rewards(list(weights), cfg.rewards.settings())
         policy = load_policy("mini", base, device="cpu")
         recorder = GradientRecorder(policy.trainable_parameters())
-        run_settings = dataclasses.replace(
-            settings,
-            reward_weights=weights,
-            prompts_per_iteration=args.prompts,
-            optimizer_steps_per_iteration=1,
+        train_settings = dataclasses.replace(
+            settings, reward_weights=weights, prompts_per_iteration=args.prompts
         )
+        # One optimizer step per iteration: one gradient over the whole batch.
+        run_settings = dataclasses.replace(train_settings, optimizer_steps_per_iteration=1)
         began = time.perf_counter()
         for batch in range(args.batches):
             run_iteration(policy, recorder, rewards, train_rows, method, run_settings, 1000 + batch)
@@ -123,6 +127,17 @@ def main() -> int:
         cos, se = mean_pairwise_cosine(recorder.gradients)
         needed = f"{1 / cos - 1:18.0f}" if cos > 0 else f"{'inf':>18s}"
         print(f"{name:12s} {cos:8.4f} {se:7.4f} {needed} {seconds:8.1f}", flush=True)
+        if args.train_iterations:
+            policy = load_policy("mini", base, device="cpu")
+            optimizer = torch.optim.AdamW(
+                policy.trainable_parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+            )
+            fixed = probe_batch(train_rows, 16, cfg.train.seed)
+            before = probe(policy, rewards, fixed, train_settings, cfg.sampling.train_steps)["reward_mixed"]
+            for iteration in range(args.train_iterations):
+                run_iteration(policy, optimizer, rewards, train_rows, method, train_settings, iteration)
+            after = probe(policy, rewards, fixed, train_settings, cfg.sampling.train_steps)["reward_mixed"]
+            print(f"{'':12s} trained {args.train_iterations} iterations: probe {before:.3f} -> {after:.3f}")
     return 0
 
 
