@@ -80,6 +80,27 @@ def summary_table(images: pd.DataFrame, infos: dict[str, dict]) -> pd.DataFrame:
     return table.loc[[m for m in order if m in table.index]].reset_index()
 
 
+def paired_table(images: pd.DataFrame, base: str = "base") -> pd.DataFrame:
+    """Per model other than ``base``: for every metric, the mean per-image difference to
+    ``base`` on the same test prompt and seed, and that mean's standard error. Pairing removes
+    the prompt-to-prompt spread that dominates a difference of two means. ``images`` is
+    :func:`per_image_table`'s one row per (model, line_id, seed)."""
+    keys = ["line_id", "seed"]
+    metrics = [c for c in images.columns if c not in ("model", *keys)]
+    reference = images[images.model == base].set_index(keys)[metrics]
+    rows = []
+    for model in sorted(set(images.model) - {base}):
+        own = images[images.model == model].set_index(keys)[metrics]
+        diff = own.join(reference, rsuffix="_base", how="inner")
+        row = {"model": model, "images": len(diff)}
+        for metric in metrics:
+            delta = diff[metric] - diff[f"{metric}_base"]
+            row[f"{metric}_diff"] = delta.mean()
+            row[f"{metric}_diff_se"] = delta.std(ddof=1) / np.sqrt(len(delta)) if len(delta) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def linear_trend(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """Least-squares line through ``values`` ``[N]`` against ``steps`` ``[N]``: its change over
     the run (slope x (last step - first step)) and that change's standard error, so a rise
@@ -191,6 +212,7 @@ def render_html(
     title: str,
     notes: str,
     summary: pd.DataFrame,
+    paired: pd.DataFrame,
     stability: pd.DataFrame,
     curves: dict[str, bytes],
     grid: bytes,
@@ -208,6 +230,10 @@ def render_html(
         f"<p>{notes}</p>",
         "<h2>Evaluation (test split, ODE)</h2>",
         html_table(summary),
+        "<h3>Against the base model, paired per image</h3><p>Mean difference to the base model on "
+        "the same test prompt and seed (<code>*_diff</code>) and its standard error "
+        "(<code>*_diff_se</code>).</p>",
+        html_table(paired),
         "<h2>Training curves</h2>",
         *(img(data, f"curve {name}") for name, data in curves.items()),
         "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations "
@@ -268,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     reward_names = [r for r in REWARD_LABELS if r in set(rewards.reward)]
 
     with tracking.stage_run(args, raw) as run:
-        summary = summary_table(per_image_table(rewards), infos)
+        images = per_image_table(rewards)
+        summary = summary_table(images, infos)
+        paired = paired_table(images) if "base" in set(images.model) else pd.DataFrame()
         stability = stability_table(metrics, probes, reward_names)
         curves = {r: png_bytes(curve_figure(metrics, probes, r)) for r in reward_names} if metrics else {}
         grid = grid_image(
@@ -281,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir / "summary.parquet", pa.Table.from_pandas(summary, preserve_index=False)
         )
         io.write_text(args.out_dir / "stability.csv", stability.to_csv(index=False))
+        io.write_text(args.out_dir / "paired.csv", paired.to_csv(index=False))
         for name, data in [
             *((f"curve_{r}.png", d) for r, d in curves.items()),
             ("grid.png", buffer.getvalue()),
@@ -291,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["report"]["title"],
             study_notes(raw),
             summary,
+            paired,
             stability,
             curves,
             buffer.getvalue(),

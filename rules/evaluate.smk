@@ -75,6 +75,7 @@ rule report:
         ),
         summary_parquet=f"{RESULTS}/report/summary.parquet",
         stability=f"{RESULTS}/report/stability.csv",
+        paired=f"{RESULTS}/report/paired.csv",
         grid=report(
             f"{RESULTS}/report/grid.png",
             caption="../report/index.rst",

@@ -57,3 +57,18 @@ def test_stability_table_reports_the_mixed_reward_and_each_reward():
     assert row["mixed_start"] == pytest.approx(1.05) and row["mixed_end"] == pytest.approx(1.65)
     assert (row["probe_mixed_start"], row["probe_mixed_end"]) == (1.0, 1.2)
     assert row["ocr_trend"] == pytest.approx(0.0) and row["ocr_within_group_std"] == pytest.approx(0.2)
+
+
+def test_paired_table_differences_per_image_with_standard_error():
+    import pandas as pd
+
+    from pipeline.report import paired_table
+
+    base = pd.DataFrame({"model": "base", "line_id": [0, 1, 2], "seed": 0, "ocr": [0.2, 0.5, 0.9]})
+    # Per image +0.1, +0.3, -0.1 (line 3 has no base image and is left out): mean 0.1,
+    # sample std 0.2, SE 0.2 / sqrt(3).
+    tuned = pd.DataFrame({"model": "tuned", "line_id": [0, 1, 2, 3], "seed": 0, "ocr": [0.3, 0.8, 0.8, 1.0]})
+    row = paired_table(pd.concat([base, tuned])).iloc[0]
+    assert row["model"] == "tuned" and row["images"] == 3
+    assert row["ocr_diff"] == pytest.approx(0.1)
+    assert row["ocr_diff_se"] == pytest.approx(0.2 / math.sqrt(3))
