@@ -122,6 +122,8 @@ def main() -> int:
         run_settings = dataclasses.replace(train_settings, optimizer_steps_per_iteration=1)
         began = time.perf_counter()
         for batch in range(args.batches):
+            # Iteration numbers seed the prompt and noise draws; 1000+ keeps these batches apart
+            # from the draws of the --train-iterations run below (iterations 0, 1, ...).
             run_iteration(policy, recorder, rewards, train_rows, method, run_settings, 1000 + batch)
         seconds = (time.perf_counter() - began) / args.batches
         cos, se = mean_pairwise_cosine(recorder.gradients)

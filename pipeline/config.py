@@ -382,12 +382,7 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
             f"sampling.train_steps ({cfg.sampling.train_steps})"
         )
     for name, method in methods.items():
-        _check_method(name, method, cfg.sampling.train_steps, source)
-        if cfg.train.sde_steps and any(step >= cfg.train.sde_steps for step in method.branch_steps):
-            raise ConfigError(
-                f"{source}: config key 'methods.{name}.branch_steps': {list(method.branch_steps)} "
-                f"must lie inside the SDE window, below train.sde_steps = {cfg.train.sde_steps}"
-            )
+        _check_method(name, method, cfg.sampling.train_steps, cfg.train.sde_steps, source)
     if check_paths:
         for key, path in input_paths(cfg).items():
             if not Path(path).is_file():
@@ -398,7 +393,7 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
     return cfg
 
 
-def _check_method(name: str, method: MethodConfig, steps: int, source: str) -> None:
+def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, source: str) -> None:
     key = f"methods.{name}"
     if len(method.branch_steps) != len(method.branch_factors):
         raise ConfigError(
@@ -413,6 +408,11 @@ def _check_method(name: str, method: MethodConfig, steps: int, source: str) -> N
     if list(method.branch_steps) != sorted(set(method.branch_steps)):
         raise ConfigError(
             f"{source}: config key '{key}.branch_steps': {list(method.branch_steps)} must increase"
+        )
+    if sde_steps and any(step >= sde_steps for step in method.branch_steps):
+        raise ConfigError(
+            f"{source}: config key '{key}.branch_steps': {list(method.branch_steps)} "
+            f"must lie inside the SDE window, below train.sde_steps = {sde_steps}"
         )
 
 

@@ -111,10 +111,11 @@ def score_table(
         # rewards once, so they start fast (spawn costs ~2 s per worker) and never inherit a
         # caller's thread pools (a plain fork of a process that has run torch or onnxruntime
         # can deadlock in the child: seen in the test suite).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["pipeline.rewards"])
+        else:
+            context = multiprocessing.get_context("spawn")
         with context.Pool(workers, _init_worker, (per_image, settings)) as pool:
             progress = tqdm(total=len(paths), desc="scoring", unit="img", disable=None)
             for part in pool.imap_unordered(_score_chunk_in_worker, chunks):
