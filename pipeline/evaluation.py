@@ -52,6 +52,24 @@ def score_images(
     return pd.DataFrame(table)
 
 
+class LeafScorer:
+    """Scores images with every reward of ``rewards`` (:func:`score_images`), in this process.
+
+    ``names`` lists the rewards in column order.
+    """
+
+    def __init__(self, rewards: dict[str, Reward]):
+        self.rewards, self.names = rewards, list(rewards)
+
+    def __call__(
+        self, images: np.ndarray, prompts: list[str], texts: list[str], colors: list[str]
+    ) -> pd.DataFrame:
+        return score_images(self.rewards, images, prompts, texts, colors)
+
+    def close(self) -> None:
+        """Release what the scorer holds (nothing, in process)."""
+
+
 def group_spread(scores: pd.DataFrame, groups: np.ndarray, names: list[str]) -> dict[str, float]:
     """Per reward: mean within-group std and the share of groups with non-zero spread."""
     stats = {}

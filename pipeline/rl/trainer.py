@@ -11,14 +11,14 @@ trains its share of the prompts, and advantages come from the gathered batch
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluation import ode_samples, score_images
+from pipeline.evaluation import LeafScorer, ode_samples, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
@@ -27,7 +27,6 @@ from pipeline.rl.distributed import (
     Ranks,
     gather_forest,
     gather_objects,
-    merge_forests,
     prompt_shard,
     sum_gradients,
 )
@@ -272,35 +271,56 @@ def sample_prompts(
     settings: LoopSettings,
     iteration: int,
 ) -> TreeRollout:
-    """The forests of ``prompts`` (positions ``first, first + 1, ...`` of the iteration's batch).
+    """The forests of ``prompts`` (positions ``first, first + 1, ...`` of the iteration's batch),
+    sampled together in one batched pass per denoising step.
 
-    ``sample_tree`` draws a batch's noise from one generator in node order, so a prompt's
-    noise would depend on its neighbours; one call per prompt with its own seed
-    (:func:`prompt_seed`) makes a shard's forests those of the same prompts in one process.
+    Each prompt draws its noise from its own stream (:func:`prompt_seed`), so a shard's
+    forests are those of the same prompts sampled in one process, and the layout is that of
+    the per-prompt forests concatenated in order (:func:`pipeline.sampling.tree.group_by_prompt`).
     """
     sigmas = flow_sigmas(method.schedule.num_steps, settings.shift)
     with denoiser_precision(policy, settings):
-        parts = [
-            sample_tree(
-                policy,
-                [prompt],
-                method.schedule,
-                sigmas,
-                guidance=settings.guidance,
-                noise_level=settings.noise_level,
-                sde_type=settings.sde_type,
-                max_batch=settings.max_batch,
-                seed=prompt_seed(settings.seed, iteration, first + i),
-            )
-            for i, prompt in enumerate(prompts)
-        ]
-    return merge_forests(parts)
+        return sample_tree(
+            policy,
+            prompts,
+            method.schedule,
+            sigmas,
+            guidance=settings.guidance,
+            noise_level=settings.noise_level,
+            sde_type=settings.sde_type,
+            max_batch=settings.max_batch,
+            seed=[prompt_seed(settings.seed, iteration, first + i) for i in range(len(prompts))],
+            decode=False,  # the leaves are decoded by the caller, timed as a phase of their own
+        )
+
+
+class PhaseTimer:
+    """Wall seconds per named phase of an iteration (``with timer("rollout"): ...``)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        began = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels queued in the phase belong to it
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - began
+
+
+def leaf_images(policy: Policy, rollout: TreeRollout, settings: LoopSettings) -> np.ndarray:
+    """uint8 ``[L, H, W, 3]``: the forest's leaves decoded in ``max_batch`` chunks, in leaf order."""
+    x = rollout.next_latents[rollout.leaf_edges()].to(policy.device)
+    chunk = settings.max_batch
+    with torch.no_grad(), denoiser_precision(policy, settings):
+        return np.concatenate([policy.decode(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def run_iteration(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
-    rewards: dict[str, Reward],
+    rewards: dict[str, Reward] | LeafScorer,
     train: pd.DataFrame,
     method: MethodSpec,
     settings: LoopSettings,
@@ -309,36 +329,38 @@ def run_iteration(
     ranks: Ranks = SINGLE,
 ) -> dict:
     """One GRPO iteration of this rank's share of the prompts; returns the whole batch's
-    metrics row (the same on every rank but for ``seconds``)."""
-    began = time.perf_counter()
+    metrics row (the same on every rank but for the wall times: ``seconds`` and one
+    ``seconds_<phase>`` per phase: rollout, decode, scoring, advantages, update)."""
+    began, timer = time.perf_counter(), PhaseTimer(policy.device)
+    scorer = rewards if isinstance(rewards, LeafScorer) else LeafScorer(rewards)
     batch = iteration_prompts(train, settings, iteration)
     shard = prompt_shard(len(batch), ranks)
     own = batch.iloc[shard]
-    rollout = sample_prompts(policy, list(own.prompt), shard.start, method, settings, iteration)
-    leaf = rollout.leaf_prompt.numpy()
-    scores = score_images(
-        rewards,
-        rollout.images,
-        [own.prompt.iloc[i] for i in leaf],
-        [own.text.iloc[i] for i in leaf],
-        [own.color.iloc[i] for i in leaf],
-    )
-    # Group statistics span ranks: every rank computes all advantages on the gathered batch.
-    forest, scores, first_edge = gather_forest(rollout, scores, ranks)
-    names = list(rewards)
-    leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
-    weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
-    advantages = edge_advantages(forest, leaf_rewards, weights, method)
-    edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
-    subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
-    edges = subsample_edges(edges, settings.edge_fraction, subsample_rng)
-    rng = np.random.default_rng([settings.seed, iteration, 1])
-    own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
-    stats = (
-        update(policy, optimizer, rollout, own_advantages, edges, settings, rng, ema, ranks, first_edge)
-        if len(edges)
-        else {}
-    )
+    with timer("rollout"):
+        rollout = sample_prompts(policy, list(own.prompt), shard.start, method, settings, iteration)
+    with timer("decode"):
+        images = leaf_images(policy, rollout, settings)
+    with timer("scoring"):
+        leaf = rollout.leaf_prompt.numpy()
+        scores = scorer(images, *(list(own[column].iloc[leaf]) for column in ("prompt", "text", "color")))
+    with timer("advantages"):
+        # Group statistics span ranks: every rank computes all advantages on the gathered batch.
+        forest, scores, first_edge = gather_forest(rollout, scores, ranks)
+        names = scorer.names
+        leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
+        weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
+        advantages = edge_advantages(forest, leaf_rewards, weights, method)
+        edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
+        subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
+        edges = subsample_edges(edges, settings.edge_fraction, subsample_rng)
+    with timer("update"):
+        rng = np.random.default_rng([settings.seed, iteration, 1])
+        own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
+        stats = (
+            update(policy, optimizer, rollout, own_advantages, edges, settings, rng, ema, ranks, first_edge)
+            if len(edges)
+            else {}
+        )
     group_std = scores.assign(group=forest.leaf_prompt.numpy()).groupby("group")[names].std(ddof=0)
     row = {
         "iteration": iteration,
@@ -351,6 +373,7 @@ def run_iteration(
         "advantage_mean": advantages[edges].mean().item() if len(edges) else 0.0,
         "advantage_abs_mean": advantages[edges].abs().mean().item() if len(edges) else 0.0,
     }
+    row |= {f"seconds_{phase}": seconds for phase, seconds in timer.seconds.items()}
     for name in names:
         row[f"{name}_mean"], row[f"{name}_std"] = float(scores[name].mean()), float(scores[name].std(ddof=0))
     if "ocr_exact" in scores:

@@ -6,6 +6,9 @@ Between branching steps a node has one child; at a branching step it has ``b`` c
 drawn from the same SDE mean with independent noise, so the prefix up to that point is
 computed once for all its descendants. All nodes at a depth — every prompt's — go through
 the model in batched calls (chunked to ``max_batch`` rows), one call per node and step.
+With one seed per prompt, each prompt draws its noise from its own generator, so a prompt's
+forest is the same whichever prompts it is sampled with (up to the float rounding of a
+different batch size); the returned forest is always laid out prompt by prompt.
 
 The rollout keeps, for every edge, what GRPO training needs: the latents before and after,
 the step index and sigmas, the old log-probability and whether the step was stochastic
@@ -14,6 +17,8 @@ the step index and sigmas, the old log-probability and whether the step was stoc
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +57,29 @@ class TreeRollout:
     next_latents: torch.Tensor
     leaf_nodes: torch.Tensor
     leaf_prompt: torch.Tensor
-    images: np.ndarray
+    images: np.ndarray | None
     nfe: int = 0
+
+    def leaf_edges(self) -> torch.Tensor:
+        """``[L]``: the edge into each leaf (its ``next_latents`` are the leaf's latents)."""
+        edge_into = torch.full((len(self.node_prompt),), -1, dtype=torch.long)
+        edge_into[self.edge_child] = torch.arange(len(self.edge_child))
+        return edge_into[self.leaf_nodes]
+
+
+# The TreeRollout fields indexed by edge.
+EDGE_FIELDS = (
+    "edge_parent",
+    "edge_child",
+    "edge_step",
+    "edge_prompt",
+    "sigma",
+    "sigma_next",
+    "log_prob",
+    "trainable",
+    "latents",
+    "next_latents",
+)
 
 
 def guided_velocity(
@@ -86,6 +112,48 @@ def guided_velocity(
     return torch.cat(out), rows_per_item * latents.shape[0]
 
 
+def draw_noise(generators: list[torch.Generator], rows: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``[rows, *shape]`` standard normal noise on the CPU.
+
+    One generator: one draw in row order. ``P`` generators (one per prompt): the rows are
+    prompt-major (``rows / P`` per prompt) and each prompt's block comes from its own
+    generator, exactly as a call for that prompt alone would draw it.
+    """
+    if len(generators) == 1:
+        return torch.randn((rows, *shape), generator=generators[0])
+    per_prompt, rest = divmod(rows, len(generators))
+    if rest:
+        raise ValueError(f"{rows} noise rows do not split evenly over {len(generators)} prompts")
+    return torch.cat([torch.randn((per_prompt, *shape), generator=g) for g in generators])
+
+
+def group_by_prompt(rollout: TreeRollout) -> TreeRollout:
+    """The same forest with nodes and edges reordered prompt by prompt (stable, so each
+    prompt keeps its own creation order) and node ids renumbered to match.
+
+    This is the layout of the per-prompt forests concatenated in prompt order
+    (:func:`pipeline.rl.distributed.merge_forests`), whatever batch sampled them.
+    """
+    node_order = torch.argsort(rollout.node_prompt, stable=True)
+    edge_order = torch.argsort(rollout.edge_prompt, stable=True)
+    new_id = torch.empty_like(node_order)
+    new_id[node_order] = torch.arange(len(node_order))
+
+    def renumber(ids: torch.Tensor) -> torch.Tensor:
+        return torch.where(ids >= 0, new_id[ids.clamp(min=0)], ids)
+
+    edges = {name: getattr(rollout, name)[edge_order] for name in EDGE_FIELDS}
+    edges["edge_parent"], edges["edge_child"] = renumber(edges["edge_parent"]), renumber(edges["edge_child"])
+    return dataclasses.replace(
+        rollout,
+        node_prompt=rollout.node_prompt[node_order],
+        node_depth=rollout.node_depth[node_order],
+        node_parent=renumber(rollout.node_parent[node_order]),
+        leaf_nodes=renumber(rollout.leaf_nodes),
+        **edges,
+    )
+
+
 @torch.no_grad()
 def sample_tree(
     policy: Policy,
@@ -97,7 +165,7 @@ def sample_tree(
     noise_level: float = 0.7,
     sde_type: str = "sde",
     max_batch: int = 64,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     decode: bool = True,
 ) -> TreeRollout:
     """Sample a forest of ``schedule.roots`` trees per prompt (module docstring).
@@ -111,36 +179,26 @@ def sample_tree(
         noise_level: SDE noise level ``a`` on stochastic steps.
         sde_type: ``"sde"`` or ``"cps"``.
         max_batch: most rows per model call.
-        seed: the same seed gives the same tree (noise is drawn on the CPU, in node order).
+        seed: the same seed gives the same tree (noise is drawn on the CPU, in node order);
+            or ``P`` seeds, one noise stream per prompt (:func:`draw_noise`).
         decode: decode the leaves to images.
     """
     if len(sigmas) != schedule.num_steps + 1:
         raise ValueError(f"{len(sigmas)} sigmas for {schedule.num_steps} steps (expected num_steps + 1)")
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if len(seeds) != 1 and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts (expected 1 or one per prompt)")
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     device = policy.device
-    generator = torch.Generator().manual_seed(seed)
     cond, uncond = policy.encode(prompts)
     n_roots = len(prompts) * schedule.roots
-    x = torch.randn((n_roots, *policy.latent_shape), generator=generator).to(device)
+    x = draw_noise(generators, n_roots, policy.latent_shape).to(device)
 
     node_prompt = torch.arange(len(prompts)).repeat_interleave(schedule.roots)
     node_depth = torch.zeros(n_roots, dtype=torch.long)
     node_parent = torch.full((n_roots,), -1, dtype=torch.long)
     active = torch.arange(n_roots)
-    edges: dict[str, list[torch.Tensor]] = {
-        k: []
-        for k in (
-            "edge_parent",
-            "edge_child",
-            "edge_step",
-            "edge_prompt",
-            "sigma",
-            "sigma_next",
-            "log_prob",
-            "trainable",
-            "latents",
-            "next_latents",
-        )
-    }
+    edges: dict[str, list[torch.Tensor]] = {name: [] for name in EDGE_FIELDS}
     nfe = 0
     for step in range(schedule.num_steps):
         rows = node_prompt[active]
@@ -152,7 +210,7 @@ def sample_tree(
         factor, stochastic = schedule.factor(step), schedule.is_stochastic(step)
         parents = active.repeat_interleave(factor)
         x_rep, v_rep = x.repeat_interleave(factor, dim=0), v.repeat_interleave(factor, dim=0)
-        noise = torch.randn(x_rep.shape, generator=generator).to(device) if stochastic else None
+        noise = draw_noise(generators, len(x_rep), x_rep.shape[1:]).to(device) if stochastic else None
         result = sde_step_with_logprob(
             v_rep,
             x_rep,
@@ -185,7 +243,7 @@ def sample_tree(
         if decode
         else None
     )
-    return TreeRollout(
+    forest = TreeRollout(
         prompts=list(prompts),
         node_prompt=node_prompt,
         node_depth=node_depth,
@@ -196,3 +254,4 @@ def sample_tree(
         images=images,
         nfe=nfe,
     )
+    return group_by_prompt(forest)

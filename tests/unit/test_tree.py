@@ -145,3 +145,32 @@ def test_sde_window_must_hold_the_branch_steps():
         TreeSchedule(num_steps=6, roots=2, branch_steps=(3,), branch_factors=(2,), sde_steps=3)
     with pytest.raises(ValueError, match="sde_steps"):
         TreeSchedule(num_steps=6, roots=2, sde_steps=7)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_per_prompt_seeds_give_each_prompt_the_forest_it_gets_alone(schedule):
+    """With one seed per prompt, a batched forest is the per-prompt forests laid end to end
+    (exactly: the stand-in policy is elementwise, so batching cannot change its rounding)."""
+    prompts, seeds = ['a "AB"', 'a "CDE"', 'a "F"'], [11, 12, 13]
+    sigmas = flow_sigmas(schedule.num_steps)
+    batched = sample_tree(LinearPolicy(), prompts, schedule, sigmas, seed=seeds, max_batch=5)
+    alone = [sample_tree(LinearPolicy(), [p], schedule, sigmas, seed=s) for p, s in zip(prompts, seeds)]
+    nodes = [len(f.node_prompt) for f in alone]
+    offsets = np.cumsum([0] + nodes[:-1])
+    for k, forest in enumerate(alone):
+        mine = batched.edge_prompt == k
+        torch.testing.assert_close(batched.next_latents[mine], forest.next_latents, rtol=0, atol=0)
+        torch.testing.assert_close(batched.log_prob[mine], forest.log_prob, rtol=0, atol=0)
+        assert torch.equal(batched.edge_child[mine], forest.edge_child + int(offsets[k]))
+        assert torch.equal(batched.edge_parent[mine], forest.edge_parent + int(offsets[k]))
+        leaves = batched.leaf_prompt == k
+        assert torch.equal(batched.leaf_nodes[leaves], forest.leaf_nodes + int(offsets[k]))
+        np.testing.assert_array_equal(batched.images[leaves.numpy()], forest.images)
+    # node ids are grouped by prompt, each prompt's in creation (depth) order
+    assert torch.equal(batched.node_prompt, torch.arange(3).repeat_interleave(nodes[0]))
+    assert (batched.node_depth.reshape(3, -1).diff(dim=1) >= 0).all()
+
+
+def test_seed_count_must_match_the_prompts():
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        sample_tree(LinearPolicy(), ["a", "b", "c"], SCHEDULES[0], flow_sigmas(6), seed=[1, 2])
