@@ -154,7 +154,10 @@ def test_per_prompt_seeds_give_each_prompt_the_forest_it_gets_alone(schedule):
     prompts, seeds = ['a "AB"', 'a "CDE"', 'a "F"'], [11, 12, 13]
     sigmas = flow_sigmas(schedule.num_steps)
     batched = sample_tree(LinearPolicy(), prompts, schedule, sigmas, seed=seeds, max_batch=5)
-    alone = [sample_tree(LinearPolicy(), [p], schedule, sigmas, seed=s) for p, s in zip(prompts, seeds)]
+    alone = [
+        sample_tree(LinearPolicy(), [p], schedule, sigmas, seed=s)
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
     nodes = [len(f.node_prompt) for f in alone]
     offsets = np.cumsum([0] + nodes[:-1])
     for k, forest in enumerate(alone):
