@@ -246,6 +246,12 @@ class TrainConfig:
     # "no" or "bf16": autocast of the denoiser's forward passes (rollouts and loss) in bf16;
     # the trainable weights, their gradients and the optimizer state stay float32.
     mixed_precision: str = "no"
+    # Reward worker processes that score the rollout leaves, each with its own single-threaded
+    # OCR engine built once (0 or 1 = in the training process); the scores do not depend on it.
+    score_workers: int = 0
+    # Keep the denoiser's weights in channels-last memory layout (the same maths, another
+    # convolution kernel order; bench/iteration_throughput.py measures the difference).
+    channels_last: bool = False
     # Reward weights, shared by every method. Default: each reward's nominal range counts
     # once (ocr and color are 0..1, quality is 0..10).
     reward_weights: dict = field(default_factory=lambda: {"ocr": 1.0, "color": 1.0, "quality": 0.1})

@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.models.policy import Policy
 from pipeline.rewards import Reward
+from pipeline.rewards.pool import reward_pool, worker_rewards
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.tree import TreeRollout, sample_tree
 
@@ -53,21 +54,53 @@ def score_images(
 
 
 class LeafScorer:
-    """Scores images with every reward of ``rewards`` (:func:`score_images`), in this process.
+    """Scores images with every reward of ``rewards`` (:func:`score_images`).
 
-    ``names`` lists the rewards in column order.
+    With ``workers`` > 1, the per-image rewards (OCR, colour, quality) run in a pool of that
+    many processes (:func:`pipeline.rewards.pool.reward_pool`), each scoring an equal
+    contiguous share of the images with rewards it built once; batched model rewards
+    (PickScore) stay in this process. The scores are those of one process, in image order.
+    ``names`` lists the rewards in column order. :meth:`close` ends the pool.
     """
 
-    def __init__(self, rewards: dict[str, Reward]):
+    def __init__(self, rewards: dict[str, Reward], workers: int = 0, settings: dict | None = None):
         self.rewards, self.names = rewards, list(rewards)
+        self.pooled = [n for n in self.names if rewards[n].per_image] if workers > 1 else []
+        self.pool = reward_pool(workers, self.pooled, settings or {}) if self.pooled else None
+        self.workers = workers
 
     def __call__(
         self, images: np.ndarray, prompts: list[str], texts: list[str], colors: list[str]
     ) -> pd.DataFrame:
-        return score_images(self.rewards, images, prompts, texts, colors)
+        local = {n: r for n, r in self.rewards.items() if n not in self.pooled}
+        parts = [score_images(local, images, prompts, texts, colors)] if local else []
+        if self.pool is not None:
+            bounds = np.linspace(0, len(images), self.workers + 1).round().astype(int)
+            shares = [
+                (images[a:b], prompts[a:b], texts[a:b], colors[a:b])
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+                if b > a
+            ]
+            parts.append(pd.concat(self.pool.starmap(_score_in_worker, shares), ignore_index=True))
+        table = pd.concat(parts, axis=1)
+        ordered = [c for n in self.names for c in (n, *_EXTRA_COLUMNS.get(n, ())) if c in table]
+        return table[ordered]
 
     def close(self) -> None:
-        """Release what the scorer holds (nothing, in process)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+
+# The explanation columns score_images adds after a reward's own.
+_EXTRA_COLUMNS = {"ocr": ("ocr_exact",), "color": ("color_correct",)}
+
+
+def _score_in_worker(
+    images: np.ndarray, prompts: list[str], texts: list[str], colors: list[str]
+) -> pd.DataFrame:
+    return score_images(worker_rewards(), images, prompts, texts, colors)
 
 
 def group_spread(scores: pd.DataFrame, groups: np.ndarray, names: list[str]) -> dict[str, float]:

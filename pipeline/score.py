@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 from pathlib import Path
 
@@ -32,12 +31,11 @@ from pipeline import io, tracking
 from pipeline.rewards import REWARDS, Reward, build_rewards, check_names
 from pipeline.rewards.base import target_color, target_text
 from pipeline.rewards.images import load_image
+from pipeline.rewards.pool import reward_pool, worker_rewards
 
 # Images per worker task: large enough to amortise inter-process traffic, small enough to
 # balance two workers on a few hundred images.
 CHUNK = 8
-
-_worker_rewards: dict[str, Reward] = {}
 
 
 def check_samples(samples: pd.DataFrame, names: list[str], root: Path) -> list[Path]:
@@ -66,11 +64,6 @@ def _metadata(samples: pd.DataFrame) -> list[dict]:
     return samples[columns].to_dict("records")
 
 
-def _init_worker(names: list[str], settings: dict) -> None:
-    global _worker_rewards
-    _worker_rewards = build_rewards(names, settings, ocr_threads=1)
-
-
 def score_chunk(
     rewards: dict[str, Reward], paths: list[Path], prompts: list[str], metadata: list[dict], rows: list[int]
 ) -> list[dict]:
@@ -85,7 +78,7 @@ def score_chunk(
 
 
 def _score_chunk_in_worker(args: tuple) -> list[dict]:
-    return score_chunk(_worker_rewards, *args)
+    return score_chunk(worker_rewards(), *args)
 
 
 def score_table(
@@ -107,16 +100,7 @@ def score_table(
     results: list[dict] = []
     workers = min(workers, len(chunks))
     if per_image and workers > 1:
-        # forkserver: workers fork from a clean single-threaded server that has imported the
-        # rewards once, so they start fast (spawn costs ~2 s per worker) and never inherit a
-        # caller's thread pools (a plain fork of a process that has run torch or onnxruntime
-        # can deadlock in the child: seen in the test suite).
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["pipeline.rewards"])
-        else:
-            context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, _init_worker, (per_image, settings)) as pool:
+        with reward_pool(workers, per_image, settings) as pool:
             progress = tqdm(total=len(paths), desc="scoring", unit="img", disable=None)
             for part in pool.imap_unordered(_score_chunk_in_worker, chunks):
                 results.extend(part)

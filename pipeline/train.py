@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from pipeline import io, tracking
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainConfig, config_hash
+from pipeline.evaluation import LeafScorer
 from pipeline.models import load_policy
 from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
@@ -96,11 +97,23 @@ def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
 
 
 def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks = SINGLE) -> dict:
+    """The training run; the rollout scorer (and its worker pool) lives as long as it."""
+    cfg = TrainConfig(**raw["train"])
+    names = [n for n, weight in cfg.reward_weights.items() if weight != 0]
+    reward_settings = RewardsConfig().settings() | raw["rewards"]
+    scorer = LeafScorer(build_rewards(names, reward_settings), cfg.score_workers, reward_settings)
+    try:
+        return _train_loop(policy, train_split, raw, out_dir, run, ranks, scorer)
+    finally:
+        scorer.close()
+
+
+def _train_loop(
+    policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks, scorer: LeafScorer
+) -> dict:
     cfg, sampling = TrainConfig(**raw["train"]), SamplingConfig(**raw["sampling"])
     method = method_spec(MethodConfig(**raw["method"]), sampling.train_steps, cfg.sde_steps)
     settings = loop_settings(cfg, sampling)
-    names = [n for n in settings.reward_weights if settings.reward_weights[n] != 0]
-    rewards = build_rewards(names, RewardsConfig().settings() | raw["rewards"])
     parameters = policy.trainable_parameters()
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -129,7 +142,7 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
         """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
         if probe_prompts is None or any(row["iteration"] == updates for row in probes):
             return
-        row = probe(policy, rewards, probe_prompts, settings, sampling.train_steps)
+        row = probe(policy, scorer.rewards, probe_prompts, settings, sampling.train_steps)
         probes.append(row | {"iteration": updates, "nfe_cumulative": cumulative})
         run.log_metrics({f"probe_{k}": v for k, v in row.items()}, step=updates)
         print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
@@ -143,7 +156,7 @@ def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, rank
             probe_now(iteration)
         try:
             row = run_iteration(
-                policy, optimizer, rewards, train_split, method, settings, iteration, ema, ranks
+                policy, optimizer, scorer, train_split, method, settings, iteration, ema, ranks
             )
         except FloatingPointError as error:
             raise SystemExit(
@@ -237,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             gradient_checkpointing=cfg.gradient_checkpointing,
             distilled_guidance=model["distilled_guidance"],
         )
+        if cfg.channels_last:
+            policy.module.to(memory_format=torch.channels_last)
         tracked = (
             tracking.stage_run(args, raw) if ranks.is_main else contextlib.nullcontext(tracking.StageRun())
         )

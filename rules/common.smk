@@ -1,6 +1,7 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
 import json
+import shlex
 from pathlib import Path
 
 from pipeline import config as study_config
@@ -25,6 +26,7 @@ REWARD_SOURCES = [
         "ocr",
         "ocr_reward",
         "pickscore",
+        "pool",
         "quality",
     )
 ]
@@ -155,6 +157,12 @@ def json_params(**slices):
     )
 
 
+def shell_flags(*pairs):
+    """``--flag value ...`` for a shell command line, every value quoted: config-derived
+    paths may hold spaces or shell syntax (``$(...)``) that must reach the stage verbatim."""
+    return " ".join(f"{flag} {shlex.quote(str(value))}" for flag, value in pairs)
+
+
 def output_dir(wildcards, output):
     """The folder of a rule's first output (for stages that take an output folder)."""
     return str(Path(output[0]).parent)
@@ -162,7 +170,7 @@ def output_dir(wildcards, output):
 
 def vocab_flag(wildcards, input):
     """``--vocab FILE`` where the study's prompts come from the generator."""
-    return f"--vocab {input.vocab}" if "vocab" in input.keys() else ""
+    return shell_flags(("--vocab", input.vocab)) if "vocab" in input.keys() else ""
 
 
 def base_model_dir():
@@ -203,7 +211,7 @@ def eval_inputs(wildcards):
 
 
 def weights_flag(wildcards, input):
-    return f"--weights {input.weights}" if "weights" in input.keys() else ""
+    return shell_flags(("--weights", input.weights)) if "weights" in input.keys() else ""
 
 
 def eval_params(wildcards):
@@ -233,12 +241,12 @@ def report_inputs(wildcards):
 
 def report_flags(wildcards, input):
     """``--rewards MODEL=FILE ...`` for every model and method, in a stable order."""
-    flags = [f"--rewards {m}={f}" for m, f in zip(MODELS, input.rewards)]
-    flags += [f"--samples {m}={f}" for m, f in zip(MODELS, input.samples)]
-    flags += [f"--metrics {m}={f}" for m, f in zip(CFG.methods, input.metrics)]
-    flags += [f"--probe {m}={f}" for m, f in zip(CFG.methods, input.probes)]
-    flags += [f"--train-info {m}={f}" for m, f in zip(CFG.methods, input.infos)]
-    return " ".join(flags)
+    flags = [("--rewards", f"{m}={f}") for m, f in zip(MODELS, input.rewards)]
+    flags += [("--samples", f"{m}={f}") for m, f in zip(MODELS, input.samples)]
+    flags += [("--metrics", f"{m}={f}") for m, f in zip(CFG.methods, input.metrics)]
+    flags += [("--probe", f"{m}={f}") for m, f in zip(CFG.methods, input.probes)]
+    flags += [("--train-info", f"{m}={f}") for m, f in zip(CFG.methods, input.infos)]
+    return shell_flags(*flags)
 
 
 def card_eval_inputs(wildcards):
@@ -270,7 +278,7 @@ def line_range_flag(wildcards):
     if CFG.dataset.source.kind not in ("files", "captions"):
         return ""
     lines = getattr(CFG.dataset.source.files, f"{wildcards.split}_lines")
-    return "" if lines is None else f"--lines {lines}"
+    return "" if lines is None else shell_flags(("--lines", lines))
 
 
 def card_inputs(wildcards):
@@ -288,12 +296,12 @@ def card_flags(wildcards, input):
     """Optional flags of the card stage, from the inputs that exist for this study."""
     flags = []
     if "vocab" in input.keys():
-        flags.append(f"--vocab {input.vocab}")
+        flags.append(("--vocab", input.vocab))
     if "published" in input.keys():
-        flags.append(
-            f"--published {input.published} --compare-split test --compare-table {input.test_table}"
-        )
-    return " ".join(flags)
+        flags.append(("--published", input.published))
+        flags.append(("--compare-split", "test"))
+        flags.append(("--compare-table", input.test_table))
+    return shell_flags(*flags)
 
 
 def study_targets():

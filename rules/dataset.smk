@@ -16,10 +16,10 @@ rule generate_prompts:
     params:
         cfg=stage_params("dataset", "source", "generator"),
     shell:
-        "python -m pipeline.generate_prompts --spec {input.spec} --config-json {params.cfg:q} "
-        "--train {output.train} --test {output.test} --vocab {output.vocab} "
-        "--mlflow-record {input.mlflow} --rule generate_prompts --run-id-file {output.run_id} "
-        "> {log} 2>&1"
+        "python -u -m pipeline.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
+        "--train {output.train:q} --test {output.test:q} --vocab {output.vocab:q} "
+        "--mlflow-record {input.mlflow:q} --rule generate_prompts --run-id-file {output.run_id:q} "
+        "> {log:q} 2>&1"
 
 
 if CFG.dataset.source.kind == "captions":
@@ -44,10 +44,10 @@ if CFG.dataset.source.kind == "captions":
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -m pipeline.curate_captions --source {input.source} --out {output.table} "
-            "--min-words {params.min_words} {params.lines} --stats {output.stats} "
-            "--mlflow-record {input.mlflow} --rule curate_captions "
-            "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"
+            "python -u -m pipeline.curate_captions --source {input.source:q} --out {output.table:q} "
+            "--min-words {params.min_words:q} {params.lines} --stats {output.stats:q} "
+            "--mlflow-record {input.mlflow:q} --rule curate_captions "
+            "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 else:
 
@@ -71,10 +71,10 @@ else:
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -m pipeline.curate --source {input.source} --out {output.table} "
-            "--seed {params.seed} {params.lines} --stats {output.stats} "
-            "--mlflow-record {input.mlflow} --rule curate_dataset --wildcards {params.wildcards:q} "
-            "--run-id-file {output.run_id} > {log} 2>&1"
+            "python -u -m pipeline.curate --source {input.source:q} --out {output.table:q} "
+            "--seed {params.seed:q} {params.lines} --stats {output.stats:q} "
+            "--mlflow-record {input.mlflow:q} --rule curate_dataset --wildcards {params.wildcards:q} "
+            "--run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 
 rule dataset_card:
@@ -94,7 +94,7 @@ rule dataset_card:
         name=CFG.dataset.name,
         flags=card_flags,
     shell:
-        "python -m pipeline.dataset_card --name {params.name} "
-        "--stats train={input.train} --stats test={input.test} {params.flags} "
-        "--out {output.card} --mlflow-record {input.mlflow} --rule dataset_card "
-        "--run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.dataset_card --name {params.name:q} "
+        "--stats train={input.train:q} --stats test={input.test:q} {params.flags} "
+        "--out {output.card:q} --mlflow-record {input.mlflow:q} --rule dataset_card "
+        "--run-id-file {output.run_id:q} > {log:q} 2>&1"

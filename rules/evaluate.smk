@@ -23,10 +23,10 @@ rule sample_eval:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        "python -m pipeline.sample_eval --model {wildcards.model} --base-model {params.base_dir} "
-        "{params.weights} --test {input.test} --config-json {params.cfg:q} --out-dir {params.out_dir} "
-        "--threads {threads} --mlflow-record {input.mlflow} --rule sample_eval "
-        "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
+        "{params.weights} --test {input.test:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} --mlflow-record {input.mlflow:q} --rule sample_eval "
+        "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 
 rule score:
@@ -50,10 +50,10 @@ rule score:
         settings=study_config.canonical_json(CFG.rewards.settings()),
         wildcards=wildcards_json,
     shell:
-        "python -m pipeline.score --samples {input.samples} --out {output.rewards} "
-        "--rewards {params.names} --settings-json {params.settings:q} --workers {threads} "
-        "--mlflow-record {input.mlflow} --rule score --wildcards {params.wildcards:q} "
-        "--run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.score --samples {input.samples:q} --out {output.rewards:q} "
+        "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} "
+        "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
+        "--run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -91,6 +91,6 @@ rule report:
         flags=report_flags,
         out_dir=output_dir,
     shell:
-        "python -m pipeline.report {params.flags} --config-json {params.cfg:q} "
-        "--out-dir {params.out_dir} --mlflow-record {input.mlflow} --rule report "
-        "--run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.report {params.flags} --config-json {params.cfg:q} "
+        "--out-dir {params.out_dir:q} --mlflow-record {input.mlflow:q} --rule report "
+        "--run-id-file {output.run_id:q} > {log:q} 2>&1"

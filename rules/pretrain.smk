@@ -21,9 +21,9 @@ rule pretrain_base:
         cfg=json_params(pretrain=CFG.pretrain, mini=CFG.model.mini),
         out_dir=output_dir,
     shell:
-        "python -m pipeline.pretrain --train {input.train} --config-json {params.cfg:q} "
-        "--out-dir {params.out_dir} --threads {threads} --mlflow-record {input.mlflow} "
-        "--rule pretrain_base --run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.pretrain --train {input.train:q} --config-json {params.cfg:q} "
+        "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
+        "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 
 rule base_model_card:
@@ -47,9 +47,10 @@ rule base_model_card:
     params:
         cfg=json_params(sampling=CFG.sampling, rewards=CFG.rewards, card=CFG.card),
         out_dir=output_dir,
+        model_dir=lambda wildcards, input: str(Path(input.model).parent),
         vocab=vocab_flag,
     shell:
-        "python -m pipeline.model_card --model-dir $(dirname {input.model}) --train-info {input.info} "
-        "--test {input.test} {params.vocab} --config-json {params.cfg:q} --out-dir {params.out_dir} "
-        "--threads {threads} --mlflow-record {input.mlflow} --rule base_model_card "
-        "--run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.model_card --model-dir {params.model_dir:q} --train-info {input.info:q} "
+        "--test {input.test:q} {params.vocab} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} --mlflow-record {input.mlflow:q} --rule base_model_card "
+        "--run-id-file {output.run_id:q} > {log:q} 2>&1"

@@ -28,7 +28,7 @@ rule train:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        "python -m pipeline.train --method {wildcards.method} --train {input.train} "
-        "--base-model {params.base_dir} --config-json {params.cfg:q} --out-dir {params.out_dir} "
-        "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow} --rule train "
-        "--wildcards {params.wildcards:q} --run-id-file {output.run_id} > {log} 2>&1"
+        "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
+        "--base-model {params.base_dir:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
+        "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
