@@ -159,7 +159,8 @@ def json_params(**slices):
 
 def shell_flags(*pairs):
     """``--flag value ...`` for a shell command line, every value quoted: config-derived
-    paths may hold spaces or shell syntax (``$(...)``) that must reach the stage verbatim."""
+    paths may hold spaces or shell syntax (``$(...)``) that must reach the stage verbatim.
+    """
     return " ".join(f"{flag} {shlex.quote(str(value))}" for flag, value in pairs)
 
 
@@ -211,7 +212,9 @@ def eval_inputs(wildcards):
 
 
 def weights_flag(wildcards, input):
-    return shell_flags(("--weights", input.weights)) if "weights" in input.keys() else ""
+    return (
+        shell_flags(("--weights", input.weights)) if "weights" in input.keys() else ""
+    )
 
 
 def eval_params(wildcards):
