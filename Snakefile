@@ -3,7 +3,12 @@
 # rules/common.smk; the default study is config.yaml, others are in configs/.
 from snakemake.utils import min_version
 
+from pipeline.config import read_yaml
+
 min_version("9.0")
+
+# Parsed strictly before Snakemake's own loader, whose errors name neither file nor line.
+read_yaml("config.yaml")
 
 
 configfile: "config.yaml"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,6 +370,9 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
         source: where it came from, for error messages.
         check_paths: also fail when a configured input file does not exist.
     """
+    bad_numbers = _non_finite(raw)
+    if bad_numbers:
+        raise ConfigError(f"{source}: config key {', '.join(bad_numbers)}: numbers must be finite")
     validate(raw, source)
     cfg = _build(StudyConfig, raw)
     methods = {name: _build(MethodConfig, method) for name, method in raw.get("methods", {}).items()}
@@ -382,6 +386,9 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
             )
         methods = {name: methods[name] for name in selected}
     cfg = dataclasses.replace(cfg, methods=methods)
+    if "methods" in raw and not methods:  # absent: a curation-only study (configs/flow_grpo_ocr_test.yaml)
+        raise ConfigError(f"{source}: config key 'methods' is empty: the study would train nothing")
+    _check_study(cfg, source)
     if cfg.train.sde_steps > cfg.sampling.train_steps:
         raise ConfigError(
             f"{source}: config key 'train.sde_steps' ({cfg.train.sde_steps}) is more than "
@@ -397,6 +404,43 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
             if not path or not Path(path).is_dir():
                 raise ConfigError(f"{source}: config key {key!r}: local folder {path!r} does not exist")
     return cfg
+
+
+def _non_finite(node, path=()) -> list[str]:
+    """Key paths of the NaN or infinite numbers in a parsed config (YAML reads .nan, .inf)."""
+    if isinstance(node, dict):
+        return [key for k, v in node.items() for key in _non_finite(v, (*path, k))]
+    if isinstance(node, list):
+        return [key for i, v in enumerate(node) for key in _non_finite(v, (*path, i))]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{_key_path(path)!r} ({node})"]
+    return []
+
+
+def _check_study(cfg: StudyConfig, source: str) -> None:
+    """Cross-key checks that the schema cannot express; each names its key."""
+    train = cfg.train
+    if train.prompts_per_iteration % train.gpus:
+        raise ConfigError(
+            f"{source}: config key 'train.gpus' ({train.gpus}) must divide "
+            f"train.prompts_per_iteration ({train.prompts_per_iteration}): every GPU samples an equal share"
+        )
+    if not any(weight != 0 for weight in train.reward_weights.values()):
+        raise ConfigError(
+            f"{source}: config key 'train.reward_weights': every weight is 0 "
+            f"({dict(train.reward_weights)}), so training has no reward"
+        )
+    generator = cfg.dataset.source.generator
+    if (
+        cfg.model.backend == "mini"
+        and cfg.dataset.source.kind == "generated"
+        and generator.word_max_len > cfg.model.mini.max_text_len
+    ):
+        raise ConfigError(
+            f"{source}: config key 'model.mini.max_text_len' ({cfg.model.mini.max_text_len}) is "
+            f"shorter than the generator's longest word (dataset.source.generator.word_max_len = "
+            f"{generator.word_max_len}): longer texts would be cut"
+        )
 
 
 def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, source: str) -> None:
@@ -436,7 +480,7 @@ def input_paths(cfg: StudyConfig) -> dict[str, str]:
 def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     """Every local model folder the config needs, by key path."""
     dirs = {}
-    if "pickscore" in cfg.rewards.score:
+    if "pickscore" in cfg.rewards.score or cfg.train.reward_weights.get("pickscore", 0) != 0:
         dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
     if cfg.model.backend in ("sd3", "flux"):
         dirs["model.path"] = cfg.model.path or ""
@@ -446,9 +490,37 @@ def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     return dirs
 
 
-def load_file(path: str | Path, check_paths: bool = True) -> StudyConfig:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping with the same key twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"{node.start_mark.name}, line {key_node.start_mark.line + 1}: duplicate key "
+                    f"{key!r} (first at line {seen[key] + 1}); YAML would silently keep the last value"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML config file strictly: a syntax error or a duplicate key is a
+    :class:`ConfigError` naming the file and line."""
     path = Path(path)
-    return load(yaml.safe_load(path.read_text(encoding="utf-8")), str(path), check_paths)
+    try:
+        with path.open(encoding="utf-8") as stream:
+            return yaml.load(stream, Loader=_UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: YAML syntax error: {error.problem or error}") from None
+
+
+def load_file(path: str | Path, check_paths: bool = True) -> StudyConfig:
+    return load(read_yaml(path), str(path), check_paths)
 
 
 def canonical_json(obj) -> str:
@@ -461,3 +533,28 @@ def canonical_json(obj) -> str:
 def config_hash(obj) -> str:
     """Short SHA-256 of :func:`canonical_json`, used to tag MLflow runs."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:12]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.config FILE ...``: check config files as the workflow does (strict
+    YAML, schema, cross-key checks, local paths); prints the first problem of each."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--no-paths", action="store_true", help="do not check that input paths exist")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in args.files:
+        try:
+            load_file(path, check_paths=not args.no_paths)
+        except (ConfigError, OSError) as error:
+            print(f"{path}: {error}" if isinstance(error, OSError) else str(error))
+            failed += 1
+        else:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

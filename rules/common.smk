@@ -6,6 +6,10 @@ from pathlib import Path
 
 from pipeline import config as study_config
 
+# Every config file read again strictly first: a duplicate key (which Snakemake's loader
+# silently resolves to the last value) or a syntax error names its file and line.
+for _configfile in workflow.configfiles:
+    study_config.read_yaml(_configfile)
 # Validated when the DAG is built: a bad key, type or value fails here, before any job.
 CFG = study_config.load(config, source="the study config")
 

@@ -191,3 +191,38 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
     with pytest.raises(config.ConfigError, match="'methods.tree_grpo.branch_steps': \\[1, 3\\] must lie"):
         config.load(raw)
     config.load(_set(default_raw(), "train.sde_steps", 4))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("train.gpus", 3, r"'train.gpus' \(3\) must divide train.prompts_per_iteration \(4\)"),
+        ("train.reward_weights", {"ocr": 0.0, "color": 0}, "'train.reward_weights': every weight is 0"),
+        ("train.learning_rate", float("nan"), r"'train.learning_rate' \(nan\): numbers must be finite"),
+        ("train.learning_rate", float("inf"), r"'train.learning_rate' \(inf\): numbers must be finite"),
+        ("model.mini.max_text_len", 5, r"'model.mini.max_text_len' \(5\) is shorter than .*word_max_len = 6"),
+        ("methods", {}, "'methods' is empty"),
+        (
+            "train.reward_weights",
+            {"ocr": 1.0, "pickscore": 1.0},
+            "'rewards.pickscore.model_dir': local folder '' does not exist",
+        ),
+    ],
+)
+def test_configs_that_used_to_fail_late_fail_at_load(path, value, expected):
+    with pytest.raises(config.ConfigError, match=expected):
+        config.load(_set(default_raw(), path, value))
+
+
+def test_yaml_reading_names_duplicate_keys_and_syntax_errors(tmp_path):
+    duplicate = tmp_path / "duplicate.yaml"
+    duplicate.write_text("train:\n  iterations: 3\n  seed: 1\n  iterations: 4\n")
+    with pytest.raises(
+        config.ConfigError, match=r"duplicate.yaml, line 4: duplicate key 'iterations' \(first at line 2\)"
+    ):
+        config.read_yaml(duplicate)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  iterations: [3\n")
+    with pytest.raises(config.ConfigError, match=r"broken.yaml, line 3, column 1: YAML syntax error"):
+        config.read_yaml(broken)
+    assert config.read_yaml(REPO / "config.yaml") == default_raw()
