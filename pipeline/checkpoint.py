@@ -18,6 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise FloatingPointError naming ``what`` and the first tensors that hold NaN or inf
+    (called before anything is written, so a non-finite model never reaches disk)."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FloatingPointError(f"{what}: non-finite values in {shown}; nothing written")
+
+
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     state = optimizer.state_dict()
     tensors = {}
@@ -30,13 +39,16 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def save_checkpoint(
     folder: str | Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict
 ) -> None:
-    """Atomically replace the checkpoint in ``folder``."""
+    """Atomically replace the checkpoint in ``folder``; non-finite weights or optimizer state
+    raise FloatingPointError and leave the previous checkpoint in place."""
     folder = Path(folder)
+    opt_tensors, groups = _flatten_optimizer(optimizer)
+    require_finite(weights, f"checkpoint {folder}")
+    require_finite(opt_tensors, f"checkpoint {folder} (optimizer state)")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "weights.safetensors")
-    opt_tensors, groups = _flatten_optimizer(optimizer)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps(state | {"param_groups": groups}) + "\n")
     old = folder.with_name(folder.name + ".old")

@@ -19,17 +19,31 @@ import pyarrow.parquet as pq
 
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in ``target``'s folder; rename it onto ``target`` on success."""
+    """Yield a temporary path in ``target``'s folder; rename it onto ``target`` on success.
+
+    The file gets the permissions of any new file (0666 less the umask; ``mkstemp`` alone
+    would leave it 0600), and an OS error while writing (a full disk) names ``target``.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as error:
+        raise type(error)(error.errno, f"{error.strerror or error} (writing {target})") from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

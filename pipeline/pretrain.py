@@ -122,7 +122,12 @@ def train(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(grad_norm):  # a finite loss can still have an infinite gradient
+            raise FloatingPointError(
+                f"pretraining gradient norm is {grad_norm.item()} at step {step}; the step was not "
+                "applied and the last checkpoint is kept"
+            )
         optimizer.step()
         if ema is not None:
             ema.update()

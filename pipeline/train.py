@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline import io, tracking
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, require_finite, save_checkpoint
 from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainConfig, config_hash
 from pipeline.evaluation import LeafScorer
 from pipeline.models import load_policy
@@ -204,8 +204,10 @@ def write_outputs(out_dir: Path, policy, info: dict) -> None:
     for name, rows in (("metrics", info.pop("history")), ("probe", info.pop("probes"))):
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
         io.write_parquet(out_dir / f"{name}.parquet", table)
+    weights = {k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}
+    require_finite(weights, f"{out_dir / 'weights.safetensors'}")
     with io.atomic_path(out_dir / "weights.safetensors") as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}, tmp)
+        save_file(weights, tmp)
     io.write_json(out_dir / "train_info.json", info)
 
 

@@ -48,6 +48,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline import io
+from pipeline.checkpoint import require_finite
 from pipeline.curation import decide, first_quoted_span
 from pipeline.models.policy import Conditioning
 from pipeline.palette import COLOR_NAMES
@@ -247,12 +249,15 @@ class MiniModel(nn.Module):
 
 
 def save_mini(model: MiniModel, folder: str | Path) -> None:
-    """``config.json`` + ``model.safetensors`` (full weights, adapters merged if any)."""
+    """``config.json`` + ``model.safetensors`` (full weights, adapters merged if any), each
+    written atomically; non-finite weights raise FloatingPointError before anything is written."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, folder / "model.safetensors")
+    require_finite(state, f"model {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_text(folder / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
+    with io.atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, tmp)
 
 
 def load_mini(folder: str | Path) -> MiniModel:

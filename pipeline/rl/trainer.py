@@ -188,7 +188,7 @@ def update(
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "clip_fraction": [], "kl": []}
     norms, cost = [], 0
     parameters = policy.trainable_parameters()
-    for chunk in np.array_split(order, settings.optimizer_steps_per_iteration):
+    for step, chunk in enumerate(np.array_split(order, settings.optimizer_steps_per_iteration)):
         if len(chunk) == 0:
             continue
         own = chunk[(chunk >= first_edge) & (chunk < first_edge + len(advantages))] - first_edge
@@ -205,7 +205,13 @@ def update(
                 if key in step_stats:
                     stats[key].append(step_stats[key])
         sum_gradients(parameters, ranks)
-        norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)))
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm))
+        if not np.isfinite(norm):  # a finite loss can still have an infinite gradient
+            raise FloatingPointError(
+                f"gradient norm is {norm} at optimizer step {step + 1} of "
+                f"{settings.optimizer_steps_per_iteration}; the step was not applied"
+            )
+        norms.append(norm)
         optimizer.step()
         if ema is not None:
             ema.update()

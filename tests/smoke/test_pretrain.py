@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from pipeline import pretrain
@@ -91,3 +92,38 @@ def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
         assert pretrain.main(args) == 0
     assert json.loads((out / "train_info.json").read_text())["model_config"]["template_channels"] == 2
     assert pd.read_parquet(out / "metrics.parquet")["step"].tolist() == [0, 1]
+
+
+def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(tmp_path, monkeypatch):
+    """A finite loss with an infinite gradient at the last pretraining step: the job fails
+    naming the step, the model is not written, and the kept checkpoint is finite and loads."""
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    ).to_parquet(split)
+    real = pretrain.flow_matching_loss
+    calls = {"n": 0}
+
+    def poisoned(predicted, *args):
+        calls["n"] += 1
+        loss = real(predicted, *args)
+        if calls["n"] == 6:
+            drift = predicted.sum() - predicted.sum().detach()  # 0, with a gradient
+            loss = loss + torch.sqrt(drift.abs())  # value unchanged, gradient infinite
+        return loss
+
+    monkeypatch.setattr(pretrain, "flow_matching_loss", poisoned)
+    config = {
+        "pretrain": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "warmup_steps": 1},
+        "mini": TINY_MINI,
+    }
+    out = tmp_path / "base"
+    args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
+    with pytest.raises(FloatingPointError, match=r"gradient norm is (inf|nan) at step 5"):
+        pretrain.main(args)
+    assert not (out / "model" / "model.safetensors").exists()
+    model = pretrain.build_model(
+        pretrain.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
+    )
+    weights, state = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
+    assert state["step"] == 3 and all(torch.isfinite(w).all() for w in weights.values())

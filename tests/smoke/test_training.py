@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pipeline import train
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.models import load_policy
 from pipeline.rewards import build_rewards
 from pipeline.rl import trainer
@@ -161,3 +162,48 @@ def test_probe_is_deterministic_and_sees_the_policy_change(tmp_path, train_split
             p.add_(0.5 * torch.randn_like(p))
     moved = trainer.probe(policy, rewards, batch, settings, steps=3)
     assert moved["quality_mean"] != first["quality_mean"]
+
+
+def test_infinite_gradient_with_finite_loss_stops_before_the_step(tmp_path, train_split, monkeypatch):
+    """A finite loss whose gradient is infinite (sqrt at 0) in the last optimizer step of the
+    second iteration: the job stops naming the iteration and step, nothing non-finite is
+    written, and the last good checkpoint loads."""
+    tiny_mini_dir(tmp_path / "mini")
+    real = trainer.ppo_clip_loss
+    calls = {"n": 0}
+
+    def poisoned(log_prob, *args, **kwargs):
+        calls["n"] += 1
+        loss, stats = real(log_prob, *args, **kwargs)
+        if calls["n"] == 4:
+            drift = log_prob.sum() - log_prob.sum().detach()  # 0, with a gradient
+            loss = loss + torch.sqrt(drift.abs())  # value unchanged, gradient infinite
+        return loss, stats
+
+    monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
+    config_json = train_config_json(
+        iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=2, microbatch=1000, probe_prompts=0
+    )
+    with pytest.raises(SystemExit, match=r"iteration 1: gradient norm is (inf|nan) at optimizer step 2 of 2"):
+        train.main(_train_args(tmp_path, train_split, config_json))
+    assert calls["n"] == 4
+    assert not (tmp_path / "out" / "weights.safetensors").exists()
+    policy = load_policy("mini", tmp_path / "mini", device="cpu")
+    optimizer = torch.optim.AdamW(policy.trainable_parameters())
+    weights, state = load_checkpoint(tmp_path / "out" / "checkpoint", optimizer)
+    assert state["iteration"] == 1
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_checkpoint_refuses_non_finite_weights_and_keeps_the_previous(tmp_path):
+    weights = {"w": torch.ones(3)}
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    save_checkpoint(tmp_path / "ckpt", weights, optimizer, {"iteration": 1})
+    with pytest.raises(
+        FloatingPointError, match=r"checkpoint .*ckpt: non-finite values in w; nothing written"
+    ):
+        save_checkpoint(
+            tmp_path / "ckpt", {"w": torch.tensor([1.0, float("inf"), 0.0])}, optimizer, {"iteration": 2}
+        )
+    restored, state = load_checkpoint(tmp_path / "ckpt", optimizer)
+    assert state["iteration"] == 1 and torch.equal(restored["w"], torch.ones(3))
