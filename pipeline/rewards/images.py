@@ -21,26 +21,54 @@ MIN_SIDE_PX = 8
 MIN_STD = 1.0
 
 
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of any PIL mode, values scaled from the mode's own range.
+
+    PIL's ``convert("RGB")`` clips 16- and 32-bit greyscale (``I;16``, ``I``) to 255, which
+    turns a 16-bit PNG of text into a white page; those are scaled by their bit depth
+    instead (65535 -> 255), float images (``F``) from 0..1. Transparent images are laid on
+    white, as a viewer shows them.
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image, dtype=np.float64)
+        return np.repeat(_to_uint8(grey / 257.0)[..., None], 3, axis=-1)
+    if image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        return np.repeat(_to_uint8(grey * 255.0)[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 array ``[H, W, 3]`` of an image file; a missing or corrupt file is an error."""
+    """RGB uint8 array ``[H, W, 3]`` of an image file (:func:`pil_to_rgb`); a missing file is
+    FileNotFoundError, a corrupt, truncated or empty one ValueError, each naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+            image.load()
+            return pil_to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"image file {path} cannot be read: {error}") from error
 
 
 def as_rgb(image) -> tuple[np.ndarray | None, str | None]:
     """``(uint8 RGB array [H, W, 3], None)`` or ``(None, reason)`` for an unscorable image.
 
-    Accepts a PIL image, or an array ``[H, W, 3]`` / ``[H, W]`` in uint8 (0..255) or float
-    (0..1).
+    Accepts a PIL image (any mode, :func:`pil_to_rgb`), or an array ``[H, W, 3]`` /
+    ``[H, W]`` in uint8 (0..255), uint16 (0..65535) or float (0..1); other integer arrays
+    must hold 0..255 (else ``out_of_range``).
     """
     if isinstance(image, Image.Image):
-        array = np.asarray(image.convert("RGB"))
+        array = pil_to_rgb(image)
     else:
         array = np.asarray(image)
         if array.ndim == 2:
@@ -52,7 +80,11 @@ def as_rgb(image) -> tuple[np.ndarray | None, str | None]:
             if not np.isfinite(array).all():
                 return None, "nan"
             array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        else:
+        elif array.dtype == np.uint16:
+            array = _to_uint8(array / 257.0)
+        elif array.dtype != np.uint8:
+            if array.size and (array.min() < 0 or array.max() > 255):
+                return None, "out_of_range"
             array = array.astype(np.uint8)
     if min(array.shape[:2]) < MIN_SIDE_PX:
         return None, "tiny"

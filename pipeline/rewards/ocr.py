@@ -11,16 +11,23 @@ misses text in small single-line images). ``auto`` picks ``rec`` for single-line
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from rapidfuzz.distance import Levenshtein
 
 # ``auto`` reads an image as one line when it is at most this tall (pixels) and at least
 # this many times as wide as it is tall (the mini model's images are 32 x 128).
 SINGLE_LINE_MAX_HEIGHT = 96
 SINGLE_LINE_MIN_ASPECT = 2.5
+
+# Longest side (pixels) OCR reads at: larger images are downscaled first (aspect kept, boxes
+# mapped back). PP-OCR's detector works at ~960 px; at 4000 x 4000 the reading of large,
+# legible text degraded ("HELLO" -> "HELLC 0") and took 5x as long as at 960 (measured).
+OCR_MAX_SIDE = 1024
 
 BACKENDS = ("rapidocr", "paddleocr")
 MODES = ("auto", "det", "rec")
@@ -119,7 +126,26 @@ class OcrEngine:
             self._engine = _paddle_engine(paddle_det_dir, paddle_rec_dir)
 
     def read(self, rgb: np.ndarray) -> OcrReading:
-        """Read ``rgb`` (uint8 ``[H, W, 3]``)."""
+        """Read ``rgb`` (uint8 ``[H, W, 3]``), downscaled to :data:`OCR_MAX_SIDE` if larger;
+        the boxes are in ``rgb``'s own pixel coordinates."""
+        scale = OCR_MAX_SIDE / max(rgb.shape[:2])
+        if scale >= 1:
+            return self._read(rgb)
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        reading = self._read(small)
+        boxes = tuple(
+            (
+                int(x0 / scale),
+                int(y0 / scale),
+                min(rgb.shape[1], int(np.ceil(x1 / scale))),
+                min(rgb.shape[0], int(np.ceil(y1 / scale))),
+            )
+            for x0, y0, x1, y1 in reading.boxes
+        )
+        return dataclasses.replace(reading, boxes=boxes)
+
+    def _read(self, rgb: np.ndarray) -> OcrReading:
         mode = self.mode if self.mode != "auto" else ("rec" if is_single_line(rgb.shape) else "det")
         if self.backend == "paddleocr":
             return _paddle_read(self._engine, rgb)

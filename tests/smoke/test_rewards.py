@@ -158,3 +158,45 @@ def test_paddleocr_backend_without_package_is_a_clear_error():
             build_rewards(["ocr"], {"ocr": {"backend": "paddleocr"}})
     else:
         pytest.skip("paddleocr is installed here")
+
+
+def _meta(word: str, colour: str = "red") -> tuple[list[str], list[dict]]:
+    return [f'A sign that reads "{word}". The color of the text "{word}" is {colour}.'], [
+        {"text": word, "color": colour}
+    ]
+
+
+def test_sixteen_bit_greyscale_png_is_read_as_its_text(tmp_path):
+    grey = render("TIGER", (0, 0, 0), (255, 255, 255), size=(256, 64), font_px=40)[..., 0]
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(path)  # PNG, 16 bits per pixel
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")
+    loaded = load_image(path)
+    np.testing.assert_array_equal(loaded[..., 0], grey)
+    prompts, metadata = _meta("TIGER")
+    out = build_rewards(["ocr"])["ocr"].score([loaded], prompts, metadata)
+    assert out.scores[0] == 1.0 and out.details[0]["reason"] is None
+
+
+def test_uint16_and_out_of_range_arrays():
+    from pipeline.rewards.images import as_rgb
+
+    grey = render("SUN", (0, 0, 0), (255, 255, 255))
+    rgb, reason = as_rgb(grey.astype(np.uint16) * 257)
+    assert reason is None and np.array_equal(rgb, grey)
+    assert as_rgb(grey.astype(np.int32) * 300) == (None, "out_of_range")
+
+
+def test_oversized_image_is_read_at_the_working_size():
+    from pipeline.rewards.ocr import OCR_MAX_SIDE
+
+    small = render("HELLO", (200, 30, 30), (240, 240, 240), size=(1000, 1000), font_px=200)
+    big = np.asarray(Image.fromarray(small).resize((4000, 4000)))
+    prompts, metadata = _meta("HELLO")
+    rewards = build_rewards(["ocr", "color"])
+    out = rewards["ocr"].score([big], prompts, metadata)
+    assert out.scores[0] == 1.0, out.details[0]
+    (x0, y0, x1, y1), *_ = metadata[0]["ocr"].boxes
+    assert 0 <= x0 < x1 <= 4000 and 0 <= y0 < y1 <= 4000 and (x1 - x0) > OCR_MAX_SIDE  # original pixels
+    assert rewards["color"].score([big], prompts, metadata).details[0]["color_pred"] == "red"
