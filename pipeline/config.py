@@ -279,6 +279,9 @@ class EvaluationConfig:
     seeds: tuple[int, ...] = (0,)
     # Evaluate only the first N test prompts (0 = all).
     max_prompts: int = 0
+    # An undecodable image file fails the score stage (naming row and file) instead of
+    # getting a missing score with the reason "unreadable: ...".
+    strict_images: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ seeds, method) are carried into the output. Output: one row per image and reward
 ``reward``, ``score`` and ``reason`` (set when an image could not be scored and got 0) plus
 the rewards' explanation columns (recognised text, edit distance, measured colour, ...).
 
+An image file that cannot be decoded (truncated, empty, not an image) does not stop the
+stage: its rows get a missing score and the reason ``unreadable: ...``, and the count is
+printed and logged (``unreadable_images``); with ``--strict`` it is an error naming the row
+and file, raised before any scoring. A missing file is always an error naming its row.
+
 Per-image rewards run in ``--workers`` processes, each with a single-threaded OCR engine,
 and OCR runs once per image however many rewards use it; batched model rewards (PickScore)
 run in the main process. Every input problem (missing column, missing image file, a row
@@ -23,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
@@ -119,6 +125,43 @@ def score_table(
     return samples.reset_index(drop=True).join(long, how="inner").reset_index(drop=True)
 
 
+def unreadable_images(paths: list[Path]) -> dict[int, str]:
+    """``{row: problem}`` for every image file that cannot be decoded (truncated, empty,
+    not an image), found by decoding each one before any scoring."""
+    problems = {}
+    for row, path in enumerate(tqdm(paths, desc="reading", unit="img", disable=None)):
+        try:
+            load_image(path)
+        except ValueError as error:
+            problems[row] = str(error)
+    return problems
+
+
+def score_readable(
+    samples: pd.DataFrame,
+    paths: list[Path],
+    names: list[str],
+    settings: dict,
+    workers: int,
+    unreadable: dict[int, str],
+) -> pd.DataFrame:
+    """:func:`score_table` of the readable rows; each unreadable row gets, per reward, a
+    missing score and the reason ``unreadable: <problem>``. Rows stay in sample order."""
+    samples = samples.reset_index(drop=True)
+    readable = [row for row in range(len(samples)) if row not in unreadable]
+    scored = score_table(samples.iloc[readable], [paths[row] for row in readable], names, settings, workers)
+    scored.index = np.repeat(readable, len(names))
+    missing = [
+        samples.iloc[[row]].assign(reward=name, score=np.nan, reason=f"unreadable: {unreadable[row]}")
+        for row in unreadable
+        for name in names
+    ]
+    table = pd.concat([scored, *missing]) if missing else scored
+    order = {name: i for i, name in enumerate(names)}
+    table = table.assign(_order=table["reward"].map(order)).rename_axis("_row")
+    return table.sort_values(["_row", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=Path, required=True, help="samples table (Parquet)")
@@ -126,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewards", required=True, help="comma-separated reward names")
     parser.add_argument("--settings-json", default="{}", help="the rewards config section (JSON)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for per-image rewards")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="an unreadable image file is an error naming its row, raised before any scoring",
+    )
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -139,12 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--samples {args.samples}: no such file")
     samples = pd.read_parquet(args.samples)
     paths = check_samples(samples, names, args.samples.parent)
+    unreadable = unreadable_images(paths)
+    if unreadable and args.strict:
+        row, problem = next(iter(unreadable.items()))
+        raise SystemExit(f"--samples row {row}: {problem} (--strict; {len(unreadable)} unreadable in all)")
     with tracking.stage_run(args, {"rewards": names, "settings": settings}) as run:
-        table = score_table(samples, paths, names, settings, max(1, args.workers))
+        table = score_readable(samples, paths, names, settings, max(1, args.workers), unreadable)
         io.write_parquet(args.out, pa.Table.from_pandas(table, preserve_index=False))
         means = table.groupby("reward")["score"].mean()
         run.log_metrics({f"{name}_mean": float(value) for name, value in means.items()})
-    print(f"scored {len(samples)} images x {len(names)} rewards -> {args.out}")
+        run.log_metrics({"unreadable_images": len(unreadable)})
+    if unreadable:
+        print(
+            f"{len(unreadable)} of {len(samples)} images unreadable: scores missing, reason 'unreadable: ...'"
+        )
+    print(f"scored {len(samples) - len(unreadable)} images x {len(names)} rewards -> {args.out}")
     return 0
 
 

@@ -48,10 +48,11 @@ rule score:
     params:
         names=",".join(CFG.rewards.score),
         settings=study_config.canonical_json(CFG.rewards.settings()),
+        strict="--strict" if CFG.evaluation.strict_images else "",
         wildcards=wildcards_json,
     shell:
         "python -u -m pipeline.score --samples {input.samples:q} --out {output.rewards:q} "
-        "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} "
+        "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} {params.strict} "
         "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"
 

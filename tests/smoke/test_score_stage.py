@@ -82,21 +82,30 @@ def test_missing_image_fails_naming_the_file(samples, tmp_path):
     assert not (tmp_path / "r.parquet").exists()
 
 
-def test_corrupt_image_fails_naming_the_file(samples, tmp_path):
+def test_unreadable_images_get_a_reason_and_the_rest_is_scored(samples, tmp_path, capsys):
+    (tmp_path / "img_5.png").write_bytes(b"")  # empty
+    png = (tmp_path / "img_7.png").read_bytes()
+    (tmp_path / "img_7.png").write_bytes(png[: len(png) // 2])  # truncated
+    out = tmp_path / "r.parquet"
+    args = ["--samples", str(samples), "--out", str(out), "--rewards", "ocr,color", "--workers", "2"]
+    assert score.main(args) == 0
+    assert "2 of 12 images unreadable" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert len(table) == 12 * 2 and list(table.sample_id) == [i for i in range(12) for _ in range(2)]
+    bad = table[table.sample_id.isin([5, 7])]
+    assert bad.score.isna().all() and bad.reason.str.startswith("unreadable: image file").all()
+    assert bad[bad.sample_id == 7].reason.str.contains("img_7.png").all()
+    good = table[~table.sample_id.isin([5, 7])]
+    assert good.score.notna().all() and (good[good.reward == "ocr"].score > 0.8).all()
+
+
+def test_strict_makes_an_unreadable_image_an_error_before_scoring(samples, tmp_path, monkeypatch):
     (tmp_path / "img_5.png").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="img_5.png cannot be read"):
-        score.main(
-            [
-                "--samples",
-                str(samples),
-                "--out",
-                str(tmp_path / "r.parquet"),
-                "--rewards",
-                "ocr",
-                "--workers",
-                "1",
-            ]
-        )
+    monkeypatch.setattr(score, "score_table", lambda *a, **k: pytest.fail("scored before the check"))
+    args = ["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr", "--strict"]
+    with pytest.raises(SystemExit, match=r"row 5: image file .*img_5.png cannot be read.*--strict"):
+        score.main(args)
+    assert not (tmp_path / "r.parquet").exists()
 
 
 def test_row_without_target_text_fails_naming_the_row(tmp_path):
