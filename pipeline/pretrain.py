@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(mini_cfg, cfg.seed)
-    with tracking.stage_run(args, raw) as run:
+    with tracking.stage_run(args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE) as run:
         info = train(model, train_split, cfg, args.out_dir, run, config_hash(raw))
         save_mini(model, args.out_dir / "model")
         metrics = pd.DataFrame(info.pop("history"))

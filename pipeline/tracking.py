@@ -28,6 +28,9 @@ from pipeline import io
 from pipeline.config import config_hash
 
 T = TypeVar("T")
+# A resumable stage's record of its MLflow run, kept in its output folder beside the
+# checkpoint and outside its declared outputs (which Snakemake deletes before a rerun).
+RESUME_RUN_FILE = "mlflow_resume_run_id.txt"
 # sqlite lock waits are short but several jobs can collide repeatedly: allow ~1 minute.
 RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
@@ -59,10 +62,12 @@ def git_commit() -> str:
 
 
 def _client(tracking_uri: str):
+    """An MlflowClient; creating one opens (and may migrate) the database, so it is retried
+    like every write while another job holds the sqlite lock."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     from mlflow.tracking import MlflowClient  # slow import: only when tracking is on
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    return _retry(MlflowClient, tracking_uri=tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
@@ -130,11 +135,33 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): obj}
 
 
+def _resumable_run(client, resume_file: Path | None, experiment_id: str, tags: dict) -> str | None:
+    """The id in ``resume_file`` if it names an unfinished run of this experiment with the
+    same rule, wildcards and config hash (a stage killed mid-way); else None."""
+    if resume_file is None or not resume_file.is_file():
+        return None
+    run_id = resume_file.read_text(encoding="utf-8").strip()
+    try:
+        run = _retry(client.get_run, run_id)
+    except Exception:  # deleted, or from another database
+        return None
+    same = all(run.data.tags.get(key) == tags[key] for key in ("rule", "wildcards", "config_hash"))
+    if run.info.experiment_id != experiment_id or run.info.status == "FINISHED" or not same:
+        return None
+    return run_id
+
+
 @contextmanager
-def stage_run(args: argparse.Namespace, stage_config: dict) -> Iterator[StageRun]:
+def stage_run(
+    args: argparse.Namespace, stage_config: dict, resume_file: Path | None = None
+) -> Iterator[StageRun]:
     """One MLflow run around a stage's work, from the flags of :func:`add_arguments`.
 
-    The run ends ``FINISHED`` on success and ``FAILED`` on an exception (which propagates).
+    The run ends ``FINISHED`` on success and ``FAILED`` on an exception (which propagates),
+    the run-id file's write included. With ``resume_file`` (kept beside a resumable stage's
+    checkpoint, outside its declared outputs) a rerun after a kill continues the unfinished
+    run that the file names, so one run holds the whole curve, and a new run's id is
+    recorded there.
     """
     if args.mlflow_record is None:
         yield StageRun()
@@ -160,12 +187,21 @@ def stage_run(args: argparse.Namespace, stage_config: dict) -> Iterator[StageRun
         **{f"wildcard.{k}": str(v) for k, v in wildcards.items()},
     }
     name = "_".join([args.rule or "manual", *map(str, wildcards.values())])
-    run = _retry(client.create_run, experiment.experiment_id, tags=tags, run_name=name)
-    handle = StageRun(client, run.info.run_id)
-    if args.run_id_file is not None:
-        io.write_text(args.run_id_file, handle.run_id + "\n")
+    resumed = _resumable_run(client, resume_file, experiment.experiment_id, tags)
+    if resumed is not None:
+        _retry(client.update_run, resumed, "RUNNING")
+        handle = StageRun(client, resumed)
+        print(f"continuing MLflow run {resumed}")
+    else:
+        run = _retry(client.create_run, experiment.experiment_id, tags=tags, run_name=name)
+        handle = StageRun(client, run.info.run_id)
     try:
-        handle.log_params(flatten(stage_config))
+        if resume_file is not None and resumed is None:
+            io.write_text(resume_file, handle.run_id + "\n")
+        if args.run_id_file is not None:
+            io.write_text(args.run_id_file, handle.run_id + "\n")
+        if resumed is None:
+            handle.log_params(flatten(stage_config))
         yield handle
     except BaseException:
         _retry(client.set_terminated, handle.run_id, "FAILED")

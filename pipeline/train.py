@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.channels_last:
             policy.module.to(memory_format=torch.channels_last)
         tracked = (
-            tracking.stage_run(args, raw) if ranks.is_main else contextlib.nullcontext(tracking.StageRun())
+            tracking.stage_run(args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE)
+            if ranks.is_main
+            else contextlib.nullcontext(tracking.StageRun())
         )
         with tracked as run:
             info = train(policy, pd.read_parquet(args.train), raw, args.out_dir, run, ranks)

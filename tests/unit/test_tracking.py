@@ -103,3 +103,69 @@ def test_missing_record_is_a_clear_error(tmp_path):
 
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def _killed_job(record: str, folder: str) -> None:
+    """A stage that logs three steps and is killed (SIGKILL: no cleanup, the run stays RUNNING)."""
+    import os
+    import signal
+
+    args = _args(Path(record), "train", {"method": "m"}, Path(folder) / "run.txt")
+    with tracking.stage_run(args, {"lr": 1}, resume_file=Path(folder) / tracking.RESUME_RUN_FILE) as run:
+        for step in range(3):
+            run.log_metrics({"loss": float(step)}, step=step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_resumed_stage_continues_its_killed_run(record, tmp_path):
+    process = multiprocessing.get_context("spawn").Process(
+        target=_killed_job, args=(str(record), str(tmp_path))
+    )
+    process.start()
+    process.join()
+    assert process.exitcode == -9
+    killed = (tmp_path / tracking.RESUME_RUN_FILE).read_text().strip()
+    args = _args(record, "train", {"method": "m"}, tmp_path / "run.txt")
+    with tracking.stage_run(args, {"lr": 1}, resume_file=tmp_path / tracking.RESUME_RUN_FILE) as run:
+        for step in range(3, 5):
+            run.log_metrics({"loss": float(step)}, step=step)
+    assert run.run_id == killed
+    client = tracking._client(json.loads(record.read_text())["tracking_uri"])
+    finished = client.get_run(killed)
+    assert finished.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(killed, "loss")] == [0, 1, 2, 3, 4]
+    assert len(client.search_runs([finished.info.experiment_id])) == 1
+    # another config (or a finished run) starts a new run
+    with tracking.stage_run(args, {"lr": 2}, resume_file=tmp_path / tracking.RESUME_RUN_FILE) as other:
+        pass
+    assert other.run_id != killed
+    assert (tmp_path / tracking.RESUME_RUN_FILE).read_text().strip() == other.run_id
+
+
+def test_unwritable_run_id_file_fails_the_run(record, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    args = _args(record, "x", {}, blocker / "run.txt")  # a file where a folder should be
+    with pytest.raises(OSError), tracking.stage_run(args, {}):
+        pytest.fail("the stage ran without its run-id file")
+    client = tracking._client(json.loads(record.read_text())["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_client_creation_waits_for_a_locked_database(record, tmp_path, monkeypatch):
+    import mlflow.tracking
+
+    real, calls = mlflow.tracking.MlflowClient, {"n": 0}
+
+    def locked_twice(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", locked_twice)
+    monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.01,) * 5)
+    with tracking.stage_run(_args(record, "x", {}, tmp_path / "run.txt"), {}) as run:
+        run.log_metrics({"x": 1.0})
+    assert calls["n"] == 3

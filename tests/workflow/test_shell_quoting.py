@@ -40,3 +40,12 @@ def test_hostile_paths_are_quoted_not_executed(tmp_path):
     snakemake(folder, target, "-c1", "--configfile", "hostile.yaml")
     assert (folder / target).is_file()
     assert not list(folder.rglob("INJECTED*")), "a config value was executed by the shell"
+
+
+def test_every_stage_runs_unbuffered(tmp_path):
+    """A stage's log keeps what it printed before a kill -9: Python runs with -u."""
+    folder = copy_workflow(tmp_path)
+    plan = snakemake(folder, "-n", "-p")
+    commands = [line.strip() for line in plan.stdout.splitlines() if "-m pipeline." in line]
+    assert len(commands) >= 10, plan.stdout
+    assert all(command.startswith("python -u -m pipeline.") for command in commands), commands
