@@ -7,7 +7,9 @@ Every batch is rendered on the fly from the curated train split (``text`` in a s
 same batches as an uninterrupted one. Velocity loss, logit-normal noise levels, AdamW with
 linear warm-up, gradient clipping, caption dropout for classifier-free guidance, and an
 optional exponential moving average of the weights (``ema_decay``; the saved model is then
-the average). Training stops after ``steps`` or ``max_minutes``, whichever comes first.
+the average). The same config and thread count give a bit-identical model, also across a
+kill and resume (deterministic kernels; ``train_info.json`` records the threads).
+Training stops after ``steps`` or ``max_minutes``, whichever comes first.
 
 Outputs in ``DIR``: ``model/`` (``config.json`` + ``model.safetensors``), ``metrics.parquet``
 (step, loss, learning rate, elapsed seconds) and ``train_info.json``. A checkpoint in
@@ -172,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     train_split = pd.read_parquet(args.train)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Bit-reproducible for a config and a thread count (a different count sums in another
+    # order): seeded batches, noise and init, and deterministic kernels only.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _pretrain(args, raw, cfg, mini_cfg, train_split)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _pretrain(
+    args, raw: dict, cfg: PretrainConfig, mini_cfg: MiniModelConfig, train_split: pd.DataFrame
+) -> int:
     model = build_model(mini_cfg, cfg.seed)
     with tracking.stage_run(args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE) as run:
         info = train(model, train_split, cfg, args.out_dir, run, config_hash(raw))
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         info |= {
             "ema_decay": cfg.ema_decay,
+            "threads": torch.get_num_threads(),  # the model is reproducible for this count
             "parameters": sum(p.numel() for p in model.parameters()),
             "model_config": asdict(model.config),
         }

@@ -127,3 +127,52 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
     )
     weights, state = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
     assert state["step"] == 3 and all(torch.isfinite(w).all() for w in weights.values())
+
+
+def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) -> bytes:
+    """Pretrain 10 steps on one thread (checkpoints every 4); with ``stop_at`` the job is
+    interrupted at that step first, then rerun to completion. The model file's bytes."""
+    config = {
+        "pretrain": {"steps": 10, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 2},
+        "mini": TINY_MINI,
+    }
+    args = [
+        "--train",
+        str(split),
+        "--config-json",
+        json.dumps(config),
+        "--out-dir",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    if stop_at is not None:
+        real, calls = pretrain.flow_matching_loss, {"n": 0}
+
+        def interrupted(*loss_args):
+            calls["n"] += 1
+            if calls["n"] > stop_at:
+                raise KeyboardInterrupt  # as a kill would, between checkpoints
+            return real(*loss_args)
+
+        monkeypatch.setattr(pretrain, "flow_matching_loss", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain.main(args)
+        monkeypatch.setattr(pretrain, "flow_matching_loss", real)
+    assert pretrain.main(args) == 0
+    return (out / "model" / "model.safetensors").read_bytes()
+
+
+def test_pretraining_is_bit_reproducible_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    ).to_parquet(split)
+    threads = torch.get_num_threads()
+    try:
+        first = _pretrain_bytes(split, tmp_path / "a")
+        assert _pretrain_bytes(split, tmp_path / "b") == first
+        assert _pretrain_bytes(split, tmp_path / "c", monkeypatch, stop_at=6) == first
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.are_deterministic_algorithms_enabled() is False  # the stage restores the global switch
