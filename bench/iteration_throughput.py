@@ -47,9 +47,7 @@ from pipeline.models.mini import MiniConfig, MiniModel, save_mini  # noqa: E402
 from pipeline.palette import COLOR_NAMES, PALETTE  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.rl import trainer  # noqa: E402
-from pipeline.rl.distributed import merge_forests  # noqa: E402
-from pipeline.sampling.schedule import flow_sigmas  # noqa: E402
-from pipeline.sampling.tree import sample_tree  # noqa: E402
+from tests.reference_rollout import per_prompt_forests  # noqa: E402
 from tests.render import contrasting_background, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,25 +56,8 @@ LARGE = {"prompts_per_iteration": 32, "optimizer_steps_per_iteration": 1, "edge_
 
 
 def previous_sample_prompts(policy, prompts, first, method, settings, iteration):
-    """The rollout before batched forests: one forest per prompt, each with its own seed."""
-    sigmas = flow_sigmas(method.schedule.num_steps, settings.shift)
-    with trainer.denoiser_precision(policy, settings):
-        parts = [
-            sample_tree(
-                policy,
-                [prompt],
-                method.schedule,
-                sigmas,
-                guidance=settings.guidance,
-                noise_level=settings.noise_level,
-                sde_type=settings.sde_type,
-                max_batch=settings.max_batch,
-                seed=trainer.prompt_seed(settings.seed, iteration, first + i),
-                decode=False,
-            )
-            for i, prompt in enumerate(prompts)
-        ]
-    return merge_forests(parts)
+    """The rollout before batched forests; decoding is the caller's, as in the current path."""
+    return per_prompt_forests(policy, prompts, first, method, settings, iteration, decode=False)
 
 
 def train_split(cfg: config.StudyConfig) -> pd.DataFrame:

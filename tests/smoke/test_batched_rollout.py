@@ -14,9 +14,7 @@ import torch
 from pipeline import train
 from pipeline.models import load_policy
 from pipeline.rl import trainer
-from pipeline.rl.distributed import merge_forests
-from pipeline.sampling.schedule import flow_sigmas
-from pipeline.sampling.tree import TreeRollout, sample_tree
+from tests.reference_rollout import per_prompt_forests
 from tests.smoke.tiny import tiny_mini_dir, train_config_json
 
 PROMPTS = [
@@ -29,27 +27,6 @@ PROMPTS = [
 ]
 INDEX_FIELDS = ("node_prompt", "node_depth", "node_parent", "edge_parent", "edge_child", "edge_step")
 INDEX_FIELDS += ("edge_prompt", "trainable", "leaf_nodes", "leaf_prompt")
-
-
-def _per_prompt(policy, method, settings, iteration: int) -> TreeRollout:
-    """Today's reference: one forest per prompt with its own seed, merged in prompt order."""
-    sigmas = flow_sigmas(method.schedule.num_steps, settings.shift)
-    return merge_forests(
-        [
-            sample_tree(
-                policy,
-                [prompt],
-                method.schedule,
-                sigmas,
-                guidance=settings.guidance,
-                noise_level=settings.noise_level,
-                sde_type=settings.sde_type,
-                max_batch=settings.max_batch,
-                seed=trainer.prompt_seed(settings.seed, iteration, i),
-            )
-            for i, prompt in enumerate(PROMPTS)
-        ]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +46,7 @@ def _setup(method_name: str):
 def test_batched_forest_equals_per_prompt_forests(policy, method_name):
     method, settings = _setup(method_name)
     batched = trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=5)
-    reference = _per_prompt(policy, method, settings, iteration=5)
+    reference = per_prompt_forests(policy, PROMPTS, 0, method, settings, iteration=5)
     for name in INDEX_FIELDS:
         assert torch.equal(getattr(batched, name), getattr(reference, name)), name
     assert batched.nfe == reference.nfe and batched.prompts == reference.prompts
@@ -94,7 +71,7 @@ def test_update_gradient_is_unchanged(policy):
     gradients = []
     for rollout in (
         trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=2),
-        _per_prompt(policy, method, settings, iteration=2),
+        per_prompt_forests(policy, PROMPTS, 0, method, settings, iteration=2),
     ):
         leaf_rewards = torch.linspace(0, 1, 3 * len(rollout.leaf_nodes)).reshape(-1, 3)
         weights = torch.tensor([1.0, 1.0, 0.1])
