@@ -351,6 +351,43 @@ def validate(raw: dict, source: str = "config") -> None:
                 )
 
 
+def coerce_strings(raw, schema: dict | None = None):
+    """``raw`` with every string that stands where the schema wants a number, boolean or null
+    replaced by its YAML value, when that value has a wanted type.
+
+    Snakemake hands nested ``--config`` values over as strings (``--config
+    'report={grid_prompts: 6}'`` gives ``"6"``); the workflow coerces them so that such an
+    override means what it says. Other strings are left for the schema check to report.
+    """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8")) if schema is None else schema
+    if isinstance(raw, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {
+            key: coerce_strings(value, properties.get(key, extra if isinstance(extra, dict) else {}))
+            for key, value in raw.items()
+        }
+    if isinstance(raw, list):
+        items = schema.get("items", {})
+        return [coerce_strings(value, items if isinstance(items, dict) else {}) for value in raw]
+    wanted = schema.get("type", [])
+    wanted = [wanted] if isinstance(wanted, str) else wanted
+    if isinstance(raw, str) and "null" in wanted and raw in ("null", "~"):
+        return None
+    if not isinstance(raw, str) or "string" in wanted or not wanted:
+        return raw
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and "number" in wanted:  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            value = float(raw)
+        except ValueError:
+            pass
+    kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+    ok = any(isinstance(value, kinds.get(kind, ())) for kind in wanted)
+    if isinstance(value, bool) and "boolean" not in wanted:  # bool is an int subclass
+        ok = False
+    return value if ok else raw
+
+
 def _build(cls, raw: dict):
     """Instantiate dataclass ``cls`` from a (validated) dict, recursing into nested classes."""
     kwargs = {}

@@ -10,7 +10,10 @@ from pipeline import config as study_config
 # silently resolves to the last value) or a syntax error names its file and line.
 for _configfile in workflow.configfiles:
     study_config.read_yaml(_configfile)
-# Validated when the DAG is built: a bad key, type or value fails here, before any job.
+# Nested --config overrides arrive as strings ('report={grid_prompts: 6}' gives "6"): read
+# them as the schema's numbers, booleans and nulls. Then validated when the DAG is built: a
+# bad key, type or value fails here, before any job.
+config.update(study_config.coerce_strings(config))
 CFG = study_config.load(config, source="the study config")
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"

@@ -226,3 +226,24 @@ def test_yaml_reading_names_duplicate_keys_and_syntax_errors(tmp_path):
     with pytest.raises(config.ConfigError, match=r"broken.yaml, line 3, column 1: YAML syntax error"):
         config.read_yaml(broken)
     assert config.read_yaml(REPO / "config.yaml") == default_raw()
+
+
+def test_command_line_strings_are_read_as_the_schema_types():
+    raw = {
+        "report": {"grid_prompts": "6", "title": "7"},
+        "train": {"learning_rate": "1e-4", "train_last_step": "true", "guidance": "abc", "iterations": "2.5"},
+        "model": {"path": "null"},
+        "evaluation": {"seeds": ["0", "1"]},
+        "methods": {"flow_grpo": {"roots": "8", "branch_steps": ["1"]}},
+    }
+    out = config.coerce_strings(raw)
+    assert out["report"] == {"grid_prompts": 6, "title": "7"}  # a string stays a string where one is wanted
+    assert out["train"] == {
+        "learning_rate": 1e-4,
+        "train_last_step": True,
+        "guidance": "abc",
+        "iterations": "2.5",
+    }
+    assert out["model"]["path"] is None
+    assert out["evaluation"]["seeds"] == [0, 1]
+    assert out["methods"]["flow_grpo"] == {"roots": 8, "branch_steps": [1]}

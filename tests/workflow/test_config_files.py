@@ -46,3 +46,12 @@ def test_config_command_names_the_line_of_a_broken_overlay(tmp_path):
     assert result.returncode == 1
     assert "broken.yaml, line 3, column 1: YAML syntax error" in result.stdout
     assert "fine.yaml: ok" in result.stdout
+
+
+def test_nested_command_line_override_is_read_as_a_number(tmp_path):
+    folder = copy_workflow(tmp_path)
+    result = snakemake(folder, "-n", "--config", "report={grid_prompts: 6}", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = snakemake(folder, "-n", "--config", "report={grid_prompts: six}", check=False)
+    assert bad.returncode != 0
+    assert "config key 'report.grid_prompts': 'six' is invalid" in bad.stdout + bad.stderr
