@@ -1,7 +1,10 @@
 # One-command entry points. Every target sets up .venv first (idempotent).
-#   make study  - set up and run the default study (Snakemake, 2 cores)
-#   make test   - set up and run the test suite
-#   make ui     - serve the MLflow UI on http://127.0.0.1:5000
+#   make study    - set up and run the default study (Snakemake, 2 cores); ARGS="..." adds
+#                   Snakemake arguments, e.g. ARGS="--configfile configs/flow_grpo_ocr_test.yaml"
+#   make dry-run  - what `make study` would run, and why (ARGS as above)
+#   make report   - pack the study's annotated outputs into results/report.zip
+#   make test     - set up and run the test suite
+#   make ui       - serve the MLflow UI on http://127.0.0.1:5000 and print the runs' address
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -13,7 +16,7 @@ UI_PORT ?= 5000
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup study test lint ui clean
+.PHONY: setup study dry-run report test lint ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +29,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 study: setup
-	$(RUN) $(BIN)/snakemake
+	$(RUN) $(BIN)/snakemake $(ARGS)
+
+dry-run: setup
+	$(RUN) $(BIN)/snakemake -n $(ARGS)
+
+report: setup
+	$(RUN) $(BIN)/snakemake --report results/report.zip $(ARGS)
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
@@ -41,7 +50,7 @@ lint: setup
 	$(BIN)/ruff check pipeline tests bench
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
 
 clean:
 	rm -rf results .snakemake

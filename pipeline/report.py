@@ -4,7 +4,10 @@
         --metrics flow_grpo=M.parquet ... --train-info flow_grpo=I.json ... \
         --config-json '{"report": ..., "study": ...}' --out-dir DIR
 
-Writes ``index.html`` (self-contained: figures embedded), ``summary.csv`` / ``summary.parquet``
+Writes ``index.html`` (self-contained: figures embedded; a headline table per model with
+each metric's test mean, its paired change against the base model and the training trend; a
+red banner for a stage cut short or an illegible base model; the full tables; samples
+labelled with their prompts and what OCR read), ``summary.csv`` / ``summary.parquet``
 (one row per model: evaluation rewards, accuracies, NFE and training time, with the spread
 across evaluation seeds), ``stability.csv``, ``curve_<reward>.png`` (training curves of every
 method against iteration and cumulative NFE) and ``grid.png`` (the same prompts and seed for
@@ -39,6 +42,7 @@ REWARD_LABELS = {
     "quality": "quality (0-10)",
     "pickscore": "PickScore",
 }
+METRIC_LABELS = REWARD_LABELS | {"ocr_exact": "OCR exact match", "color_accuracy": "colour accuracy"}
 
 
 def pairs(items: list[str], flag: str) -> dict[str, Path]:
@@ -114,6 +118,84 @@ def linear_trend(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     slope_se = float(np.sqrt(residuals @ residuals / (len(steps) - 2) / (centred @ centred)))
     span = float(np.ptp(steps))
     return slope * span, slope_se * span
+
+
+# Below this test OCR reward the base model draws no legible text, and RL has nothing to work on.
+ILLEGIBLE_OCR = 0.05
+
+
+def format_change(value: float, se: float) -> str:
+    """``"+0.035 ± 0.014"``, marked ``▲`` / ``▼`` when the change is beyond 2 standard errors."""
+    if not np.isfinite(value) or not np.isfinite(se):
+        return ""
+    mark = " ▲" if value > 2 * se else " ▼" if value < -2 * se else ""
+    return f"{value:+.3f} ± {se:.3f}{mark}"
+
+
+def headline_table(summary: pd.DataFrame, paired: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per model, one cell per metric: the test-split mean and, for trained models, its
+    change against the base model paired per image (:func:`format_change`), e.g.
+    ``"0.560 (+0.035 ± 0.014 ▲)"``."""
+    paired = paired.set_index("model") if len(paired) else pd.DataFrame()
+    rows = []
+    for _, model_row in summary.iterrows():
+        model, row = model_row["model"], {"model": model_row["model"]}
+        for metric in metrics:
+            cell = f"{model_row[metric]:.3f}"
+            if model in paired.index and f"{metric}_diff" in paired:
+                change = format_change(
+                    paired.loc[model, f"{metric}_diff"], paired.loc[model, f"{metric}_diff_se"]
+                )
+                cell += f" ({change})" if change else ""
+            row[METRIC_LABELS.get(metric, metric)] = cell
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def trend_table(stability: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
+    """One row per method, one cell per reward (and the weighted ``mixed`` reward the methods
+    optimise): the change of a line fitted to the rollouts' per-iteration means over the run,
+    ± its standard error (:func:`format_change`), or the reason there is none."""
+    rows = []
+    for _, method_row in stability.iterrows():
+        row = {"method": method_row["method"], "iterations": int(method_row["iterations"])}
+        for name in ["mixed", *rewards]:
+            if f"{name}_trend" not in method_row:
+                continue
+            cell = format_change(method_row[f"{name}_trend"], method_row[f"{name}_trend_se"])
+            row[REWARD_LABELS.get(name, "mixed reward")] = cell or "too few iterations (a trend needs 3)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def warnings_for(
+    raw: dict, summary: pd.DataFrame, infos: dict[str, dict], base_info: dict | None
+) -> list[str]:
+    """Plain sentences for everything that makes the study's numbers suspect: a stage cut short
+    by its time guard, an illegible base model."""
+    warnings = []
+    if base_info is not None and "pretrain" in raw:
+        done, wanted = base_info.get("steps", 0), raw["pretrain"]["steps"]
+        if done < wanted:
+            warnings.append(
+                f"Pretraining was cut short: {done} of {wanted} steps (its time guard, "
+                f"pretrain.max_minutes = {raw['pretrain']['max_minutes']}, ran out)."
+            )
+    if "train" in raw:
+        wanted = raw["train"]["iterations"]
+        for method, info in sorted(infos.items()):
+            if info.get("iterations", 0) < wanted:
+                warnings.append(
+                    f"Training of {method} was cut short: {info.get('iterations', 0)} of {wanted} iterations "
+                    f"(train.max_minutes = {raw['train']['max_minutes']})."
+                )
+    base = summary[summary.model == "base"]
+    if "ocr" in summary and len(base) and base["ocr"].iloc[0] < ILLEGIBLE_OCR:
+        warnings.append(
+            f"The base model is illegible: test OCR reward {base['ocr'].iloc[0]:.3f} "
+            f"(below {ILLEGIBLE_OCR}); no method can be judged on it."
+        )
+    return warnings
 
 
 def stability_table(
@@ -205,49 +287,151 @@ def grid_image(samples: dict[str, pd.DataFrame], roots: dict[str, Path], n_promp
 
 
 def html_table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
+    """A table that scrolls inside its own box when wider than the page."""
+    table = frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t", na_rep="")
+    return f'<div class="scroll">{table}</div>'
+
+
+def sample_cells(
+    samples: dict[str, pd.DataFrame], roots: dict[str, Path], rewards: pd.DataFrame, n_prompts: int
+) -> str:
+    """HTML grid: a row per test prompt (its text as the row label), a column per model, each
+    image with what OCR read in it underneath (first seed)."""
+    models = ["base"] + sorted(m for m in samples if m != "base")
+    first = samples[models[0]]
+    seed = first.seed.min()
+    rows = first[first.seed == seed].head(n_prompts)
+    readings = rewards[rewards.reward == "ocr"].set_index(["model", "line_id", "seed"])["ocr_text"]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    body = []
+    for _, prompt_row in rows.iterrows():
+        cells = []
+        for model in models:
+            table = samples[model].set_index(["line_id", "seed"])
+            path = roots[model] / table.loc[(prompt_row.line_id, seed), "image_path"]
+            data = base64.b64encode(path.read_bytes()).decode()
+            read = readings.get((model, prompt_row.line_id, seed), "")
+            read = "—" if read is None or (isinstance(read, float) and np.isnan(read)) else read
+            cells.append(
+                f'<td><img alt="{html.escape(model)}" src="data:image/png;base64,{data}">'
+                f"<div class='read'>read: {html.escape(str(read) or '(nothing)')}</div></td>"
+            )
+        body.append(f"<tr><th class='prompt'>{html.escape(str(prompt_row.prompt))}</th>{''.join(cells)}</tr>")
+    table = f"<table class='samples'><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>"
+    return f"<div class='scroll'>{table}</div>"
 
 
 def render_html(
     title: str,
     notes: str,
-    summary: pd.DataFrame,
-    paired: pd.DataFrame,
-    stability: pd.DataFrame,
+    warnings: list[str],
+    sections: dict[str, str],
     curves: dict[str, bytes],
-    grid: bytes,
-    models: list[str],
 ) -> str:
+    """The page: a banner for every warning, the notes, then ``sections`` (id -> HTML) in
+    order with the curves after the headline; styled to fit a 1280 px window."""
+
     def img(data: bytes, alt: str) -> str:
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
+    banner = "".join(f'<div class="banner">{html.escape(w)}</div>' for w in warnings)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "<style>body{font-family:sans-serif;max-width:1180px;margin:2em auto;padding:0 1em}"
+        ".scroll{overflow-x:auto;max-width:100%}"
         "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;"
-        "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}</style></head><body>",
+        "border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+        "table.t th{white-space:normal;vertical-align:bottom}"
+        "table.samples{border-collapse:collapse;font-size:12px}table.samples td,table.samples th"
+        "{padding:4px;border-bottom:1px solid #eee;vertical-align:top}"
+        "th.prompt{max-width:260px;font-weight:normal;text-align:left}.read{font-family:monospace}"
+        ".caption{color:#444;font-size:13px;margin:.2em 0 .6em}"
+        ".banner{background:#b00020;color:white;font-weight:bold;padding:.8em 1em;margin:.5em 0;"
+        "border-radius:4px}img{max-width:100%}details{margin:1em 0}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        banner,
         f"<p>{notes}</p>",
-        "<h2>Evaluation (test split, ODE)</h2>",
-        html_table(summary),
-        "<h3>Against the base model, paired per image</h3><p>Mean difference to the base model on "
-        "the same test prompt and seed (<code>*_diff</code>) and its standard error "
-        "(<code>*_diff_se</code>).</p>",
-        html_table(paired),
-        "<h2>Training curves</h2>",
-        *(img(data, f"curve {name}") for name, data in curves.items()),
-        "<h2>Stability</h2><p>Start and end are the means of the first and last quarter of the iterations "
-        "(<code>probe_*</code>: the fixed probe prompts before the first and after the last update); "
-        "<code>trend</code> is the change over the run of a line fitted to the per-iteration means, "
-        "with its standard error (<code>trend_se</code>): a rise within two of those is noise; "
-        "<code>iteration_std</code> is the spread of the per-iteration means; zero-variance groups carry no "
-        "signal.</p>",
-        html_table(stability),
-        f"<h2>Samples</h2><p>Columns: {', '.join(map(html.escape, models))}; the same prompts and seed.</p>",
-        img(grid, "grid"),
-        "</body></html>",
     ]
+    for section_id, content in sections.items():
+        parts.append(f'<section id="{section_id}">{content}</section>')
+        if section_id == "headline" and curves:
+            parts.append('<section id="curves"><h2>Training curves</h2>')
+            parts.append(
+                "<p class='caption'>Higher is better. Solid: the rollouts' mean reward per iteration "
+                "(3-iteration mean); dashed with dots: the fixed probe prompts (ODE). One training run "
+                "per method, so no error bands.</p>"
+            )
+            parts.extend(img(data, f"curve {name}") for name, data in curves.items())
+            parts.append("</section>")
+    parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def report_sections(
+    headline: pd.DataFrame,
+    trends: pd.DataFrame,
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    stability: pd.DataFrame,
+    base_info: dict | None,
+    raw: dict,
+    samples_html: str,
+) -> dict[str, str]:
+    """The report's sections (id -> HTML), each table with a caption that says what is better."""
+    sections = {
+        "headline": "<h2>Headline</h2><p class='caption'>Test split, per model: each metric's mean "
+        "(higher is better) and, in brackets, its change against the base model paired per image "
+        "(mean ± standard error; ▲ / ▼: beyond 2 standard errors).</p>"
+        + html_table(headline)
+        + "<p class='caption'>Training, per method: the change over the run of a line fitted to the "
+        "rollouts' per-iteration mean reward, ± its standard error (higher is better; ▲: a rise beyond "
+        "2 standard errors).</p>" + html_table(trends),
+    }
+    if base_info is not None:
+        wanted = raw.get("pretrain", {}).get("steps", "?")
+        base = summary[summary.model == "base"]
+        figures = pd.DataFrame(
+            [
+                {
+                    "pretraining steps done": base_info.get("steps"),
+                    "configured": wanted,
+                    "minutes": round(base_info.get("train_seconds", 0) / 60, 1),
+                    **{
+                        METRIC_LABELS.get(m, m): f"{base[m].iloc[0]:.3f}"
+                        for m in ("ocr", "ocr_exact", "color", "color_accuracy")
+                        if m in base and len(base)
+                    },
+                }
+            ]
+        )
+        sections["base-model"] = (
+            "<h2>Base model</h2><p class='caption'>The pretrained mini model every method starts from "
+            "(test split; higher is better; steps done should equal the configured steps).</p>"
+            + html_table(figures)
+        )
+    sections["tables"] = (
+        "<h2>Full tables</h2>"
+        "<details open><summary>Evaluation summary (<a href='summary.csv'>summary.csv</a>)</summary>"
+        "<p class='caption'>Per model: test-split means (higher is better), their spread across evaluation "
+        "seeds (<code>*_seed_std</code>), training NFE and minutes.</p>"
+        + html_table(summary)
+        + "</details><details><summary>Paired against the base model (<a href='paired.csv'>paired.csv</a>)"
+        "</summary><p class='caption'>Mean per-image difference to the base model on the same prompt and "
+        "seed (<code>*_diff</code>, positive is better) and its standard error (<code>*_diff_se</code>).</p>"
+        + html_table(paired)
+        + "</details><details><summary>Training stability (<a href='stability.csv'>stability.csv</a>)"
+        "</summary><p class='caption'>Start and end: means of the first and last quarter of the iterations "
+        "(<code>probe_*</code>: the fixed probe prompts before the first and after the last update); "
+        "<code>trend</code>: change over the run of a line fitted to the per-iteration means, with its "
+        "standard error (<code>trend_se</code>), higher is better and a rise within two standard errors "
+        "is noise; <code>iteration_std</code>: spread of the per-iteration means; zero-variance groups "
+        "carry no signal (lower is better).</p>" + html_table(stability) + "</details>"
+    )
+    sections["samples"] = (
+        "<h2>Samples</h2><p class='caption'>The same test prompts and seed for every model, with what "
+        "OCR read under each image (the target is the quoted text, in the named colour).</p>" + samples_html
+    )
+    return sections
 
 
 MINI_NOTE = """This is the <b>default CPU study</b>: the base model is the project's own ~4.6M-parameter
@@ -277,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", action="append", default=[], help="METHOD=metrics.parquet")
     parser.add_argument("--probe", action="append", default=[], help="METHOD=probe.parquet")
     parser.add_argument("--train-info", action="append", default=[], help="METHOD=train_info.json")
+    parser.add_argument("--base-info", type=Path, default=None, help="the base model's train_info.json")
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     tracking.add_arguments(parser)
@@ -316,15 +501,24 @@ def main(argv: list[str] | None = None) -> int:
         ]:
             with io.atomic_path(args.out_dir / name) as tmp:
                 tmp.write_bytes(data)
+        base_info = json.loads(args.base_info.read_text()) if args.base_info else None
+        shown = [
+            m for m in ("ocr", "ocr_exact", "color", "color_accuracy", "quality", "pickscore") if m in summary
+        ]
+        headline = headline_table(summary, paired, shown)
+        trends = trend_table(stability, reward_names) if len(stability) else pd.DataFrame()
+        samples_html = sample_cells(
+            samples, {m: p.parent for m, p in sample_paths.items()}, rewards, raw["report"]["grid_prompts"]
+        )
+        warnings = warnings_for(raw, summary, infos, base_info)
+        for warning in warnings:
+            print(f"WARNING: {warning}")
         page = render_html(
             raw["report"]["title"],
             study_notes(raw),
-            summary,
-            paired,
-            stability,
+            warnings,
+            report_sections(headline, trends, summary, paired, stability, base_info, raw, samples_html),
             curves,
-            buffer.getvalue(),
-            ["base"] + sorted(m for m in samples if m != "base"),
         )
         io.write_text(args.out_dir / "index.html", page)
         for column in summary.columns:

@@ -1,10 +1,19 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
 import json
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from pipeline import config as study_config
+
+# Job shells run `python -m pipeline.<stage>`: make that this Snakemake's own interpreter, so
+# `.venv/bin/snakemake` works without activating the venv (a conda env, with --sdm conda,
+# still comes first: Snakemake activates it inside the job).
+os.environ["PATH"] = (
+    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+)
 
 # Every config file read again strictly first: a duplicate key (which Snakemake's loader
 # silently resolves to the last value) or a syntax error names its file and line.
@@ -246,6 +255,8 @@ def report_inputs(wildcards):
         "probes": [f"{RESULTS}/train/{m}/probe.parquet" for m in CFG.methods],
         "infos": [f"{RESULTS}/train/{m}/train_info.json" for m in CFG.methods],
     }
+    if CFG.model.backend == "mini":
+        inputs["base_info"] = f"{BASE_DIR}/train_info.json"
     return inputs
 
 
@@ -256,6 +267,8 @@ def report_flags(wildcards, input):
     flags += [("--metrics", f"{m}={f}") for m, f in zip(CFG.methods, input.metrics)]
     flags += [("--probe", f"{m}={f}") for m, f in zip(CFG.methods, input.probes)]
     flags += [("--train-info", f"{m}={f}") for m, f in zip(CFG.methods, input.infos)]
+    if "base_info" in input.keys():
+        flags.append(("--base-info", input.base_info))
     return shell_flags(*flags)
 
 

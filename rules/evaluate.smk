@@ -88,7 +88,13 @@ rule report:
     conda:
         "../envs/pipeline.yaml"
     params:
-        cfg=json_params(report=CFG.report, model=CFG.model, rewards=CFG.rewards),
+        cfg=json_params(
+            report=CFG.report,
+            model=CFG.model,
+            rewards=CFG.rewards,
+            pretrain=CFG.pretrain,
+            train=CFG.train,
+        ),
         flags=report_flags,
         out_dir=output_dir,
     shell:

@@ -1,22 +1,21 @@
-"""The MLflow UI, served on 127.0.0.1, shows the tiny study's runs and a metric (headless Chromium)."""
+"""The MLflow UI as ``make ui`` serves it (``pipeline.mlflow_ui``, on 127.0.0.1) opens on the
+tiny study's runs table, and shows a metric (headless Chromium)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.workflow
+from tests.conftest import REPO
+from tests.workflow.browser import headless_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.workflow
 
 
 def _free_port() -> int:
@@ -27,28 +26,21 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(study):
+    """``(base URL, the runs link it printed)`` of ``python -m pipeline.mlflow_ui``."""
     port = _free_port()
-    mlflow = Path(sys.executable).parent / "mlflow"
     process = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{study / 'results' / 'mlflow.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        [sys.executable, "-m", "pipeline.mlflow_ui", "--db", "results/mlflow.db", "--port", str(port)],
         cwd=study,
-        stdout=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        printed = [process.stdout.readline() for _ in range(2)]
+        link = printed[1].split(": ", 1)[1].strip()
         for _ in range(120):
             try:
                 if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
@@ -57,17 +49,15 @@ def mlflow_server(study):
                 time.sleep(0.5)
         else:
             raise AssertionError("the MLflow server did not come up in 60 s")
-        yield url
+        yield url, link
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
 
 
 def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    driver = headless_chromium(1400)
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from pipeline.tracking import _client
@@ -78,31 +68,30 @@ def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
         r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["rule"] == "train"
     )
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     screenshots = study / "results" / "screenshots"
     screenshots.mkdir(parents=True, exist_ok=True)
+    base, link = mlflow_server
+    assert link == f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     try:
-        driver.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs")
+        # The printed link lands on the runs table, in the model-training layout.
+        driver.get(link)
         WebDriverWait(driver, 60).until(lambda d: "train_multi_grpo" in d.page_source)
         page = driver.page_source
-        for name in ("pretrain_base", "train_flow_grpo", "sample_eval_base", "report"):
-            assert name in page, f"run {name} not shown"
+        for name in ("pretrain_base", "train_flow_grpo", "sample_eval_base", "report", "Run Name"):
+            assert name in page, f"{name} not shown"
         driver.save_screenshot(str(screenshots / "experiment.png"))
-        driver.get(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{train_run.info.run_id}")
+        # From the experiments list: the layout toggle, once, then a click on the experiment.
+        driver.get(f"{base}/#/experiments")
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.LINK_TEXT, "tiny"))
+        driver.find_element(By.XPATH, "//*[text()='Model training']").click()
+        WebDriverWait(driver, 30).until(
+            lambda d: "machine_learning" in d.execute_script("return JSON.stringify(localStorage)")
+        )
+        driver.find_element(By.LINK_TEXT, "tiny").click()
+        WebDriverWait(driver, 60).until(lambda d: "train_multi_grpo" in d.page_source)
+        assert "/runs" in driver.current_url and "Detect Issues" not in driver.page_source
+        driver.save_screenshot(str(screenshots / "after_click.png"))
+        driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs/{train_run.info.run_id}")
         WebDriverWait(driver, 60).until(lambda d: "ocr_mean" in d.page_source)
         driver.save_screenshot(str(screenshots / "train_run.png"))
     finally:
