@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 from tests.workflow.study import copy_workflow, snakemake
 from tests.workflow.test_paper_configs import provide_local_files
 
@@ -55,6 +56,21 @@ def test_the_documents_show_commands():
     assert ("README.md", "make study") in COMMANDS
 
 
+def workflow_copy(tmp_path: Path, command: str) -> Path:
+    """A copy of the workflow with what the command's config reads: stand-ins for a paper
+    config's local models and data, the workplace's reference data for one that reads
+    ``../shared/data`` (skipped with the reason where it is absent)."""
+    folder = copy_workflow(tmp_path / "work")
+    paper = re.search(r"configs/(paper_\w+)\.yaml", command)
+    if paper:
+        provide_local_files(folder, paper.group(1))
+    if "configs/flow_grpo_ocr_test.yaml" in command:
+        if not SHARED_DATA.is_dir():
+            pytest.skip(f"reference data not found at {SHARED_DATA} (the workplace's shared/ folder)")
+        shutil.copytree(SHARED_DATA, tmp_path / "shared" / "data")
+    return folder
+
+
 @pytest.mark.parametrize(("document", "command"), COMMANDS, ids=[c for _, c in COMMANDS])
 def test_command_runs_as_written(document, command, tmp_path):
     assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0, f"{document}: {command}"
@@ -66,14 +82,9 @@ def test_command_runs_as_written(document, command, tmp_path):
         assert made.returncode == 0, f"{document}: {command}\n{made.stderr}"
         if target in SNAKEMAKE_TARGETS:
             args = next((shlex.split(w.split("=", 1)[1]) for w in words[2:] if w.startswith("ARGS=")), [])
-            folder = copy_workflow(tmp_path)
-            snakemake(folder, "-n", *args)
+            snakemake(workflow_copy(tmp_path, command), "-n", *args)
     elif words[0] == ".venv/bin/snakemake":
-        folder = copy_workflow(tmp_path)
-        config = next((w for w in words if w.startswith("configs/paper_")), None)
-        if config:
-            provide_local_files(folder, Path(config).stem)
-        snakemake(folder, *words[1:], "-n")
+        snakemake(workflow_copy(tmp_path, command), *words[1:], "-n")
     elif words[0] == ".venv/bin/python":
         argv = [str(bin_dir / "python"), *words[1:]]
         if "pipeline.config" not in command and "--help" not in words:
