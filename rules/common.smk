@@ -1,19 +1,14 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
 import json
-import os
 import shlex
-import sys
 from pathlib import Path
 
 from pipeline import config as study_config
+from pipeline.environment import interpreter_first_on_path
 
-# Job shells run `python -m pipeline.<stage>`: make that this Snakemake's own interpreter, so
-# `.venv/bin/snakemake` works without activating the venv (a conda env, with --sdm conda,
-# still comes first: Snakemake activates it inside the job).
-os.environ["PATH"] = (
-    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-)
+# Job shells run `python -m pipeline.<stage>`: make that this Snakemake's own interpreter.
+interpreter_first_on_path()
 
 # Every config file read again strictly first: a duplicate key (which Snakemake's loader
 # silently resolves to the last value) or a syntax error names its file and line.
