@@ -87,7 +87,9 @@ def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
         WebDriverWait(driver, 30).until(
             lambda d: "machine_learning" in d.execute_script("return JSON.stringify(localStorage)")
         )
-        driver.find_element(By.LINK_TEXT, "tiny").click()
+        driver.get(f"{base}/#/experiments")  # the list as a returning user opens it
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.LINK_TEXT, "tiny"))
+        driver.find_elements(By.LINK_TEXT, "tiny")[-1].click()
         WebDriverWait(driver, 60).until(lambda d: "train_multi_grpo" in d.page_source)
         assert "/runs" in driver.current_url and "Detect Issues" not in driver.page_source
         driver.save_screenshot(str(screenshots / "after_click.png"))
