@@ -57,6 +57,7 @@ def mlflow_server(study):
 
 def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
     driver = headless_chromium(1400)
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -87,10 +88,16 @@ def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
         WebDriverWait(driver, 30).until(
             lambda d: "machine_learning" in d.execute_script("return JSON.stringify(localStorage)")
         )
-        driver.get(f"{base}/#/experiments")  # the list as a returning user opens it
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.LINK_TEXT, "tiny"))
-        driver.find_elements(By.LINK_TEXT, "tiny")[-1].click()
-        WebDriverWait(driver, 60).until(lambda d: "train_multi_grpo" in d.page_source)
+        for attempt in range(3):  # a click while the list re-renders can land on a stale element
+            driver.get(f"{base}/#/experiments")  # the list as a returning user opens it
+            WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.LINK_TEXT, "tiny"))
+            try:
+                driver.find_elements(By.LINK_TEXT, "tiny")[-1].click()
+                WebDriverWait(driver, 30).until(lambda d: "train_multi_grpo" in d.page_source)
+                break
+            except (StaleElementReferenceException, TimeoutException):
+                if attempt == 2:
+                    raise
         assert "/runs" in driver.current_url and "Detect Issues" not in driver.page_source
         driver.save_screenshot(str(screenshots / "after_click.png"))
         driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs/{train_run.info.run_id}")
