@@ -57,7 +57,7 @@ LARGE = {"prompts_per_iteration": 32, "optimizer_steps_per_iteration": 1, "edge_
 
 def previous_sample_prompts(policy, prompts, first, method, settings, iteration):
     """The rollout before batched forests; decoding is the caller's, as in the current path."""
-    return per_prompt_forests(policy, prompts, first, method, settings, iteration, decode=False)
+    return per_prompt_forests(policy, prompts, first, method, settings, iteration)
 
 
 def train_split(cfg: config.StudyConfig) -> pd.DataFrame:

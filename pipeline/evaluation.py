@@ -66,14 +66,14 @@ class LeafScorer:
     def __init__(self, rewards: dict[str, Reward], workers: int = 0, settings: dict | None = None):
         self.rewards, self.names = rewards, list(rewards)
         self.pooled = [n for n in self.names if rewards[n].per_image] if workers > 1 else []
+        self.local = {n: r for n, r in rewards.items() if n not in self.pooled}
         self.pool = reward_pool(workers, self.pooled, settings or {}) if self.pooled else None
         self.workers = workers
 
     def __call__(
         self, images: np.ndarray, prompts: list[str], texts: list[str], colors: list[str]
     ) -> pd.DataFrame:
-        local = {n: r for n, r in self.rewards.items() if n not in self.pooled}
-        parts = [score_images(local, images, prompts, texts, colors)] if local else []
+        parts = [score_images(self.local, images, prompts, texts, colors)] if self.local else []
         if self.pool is not None:
             bounds = np.linspace(0, len(images), self.workers + 1).round().astype(int)
             shares = [

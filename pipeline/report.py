@@ -303,12 +303,12 @@ def sample_cells(
     rows = first[first.seed == seed].head(n_prompts)
     readings = rewards[rewards.reward == "ocr"].set_index(["model", "line_id", "seed"])["ocr_text"]
     head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    indexed = {model: samples[model].set_index(["line_id", "seed"]) for model in models}
     body = []
     for _, prompt_row in rows.iterrows():
         cells = []
         for model in models:
-            table = samples[model].set_index(["line_id", "seed"])
-            path = roots[model] / table.loc[(prompt_row.line_id, seed), "image_path"]
+            path = roots[model] / indexed[model].loc[(prompt_row.line_id, seed), "image_path"]
             data = base64.b64encode(path.read_bytes()).decode()
             read = readings.get((model, prompt_row.line_id, seed), "")
             read = "—" if read is None or (isinstance(read, float) and np.isnan(read)) else read

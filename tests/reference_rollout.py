@@ -1,35 +1,21 @@
 """The rollout as it was before batched forests, kept as the reference that the batched
 sampler is tested against (tests/smoke/test_batched_rollout.py) and timed against
-(bench/iteration_throughput.py): one ``sample_tree`` call per prompt, each with its own
-seed, the forests merged in prompt order."""
+(bench/iteration_throughput.py): one :func:`~pipeline.rl.trainer.sample_prompts` call per
+prompt, at that prompt's position in the batch (so with its own seed), the forests merged in
+prompt order. Leaves are not decoded (:func:`~pipeline.rl.trainer.leaf_images` does that)."""
 
 from __future__ import annotations
 
-from pipeline.rl import trainer
 from pipeline.rl.distributed import merge_forests
-from pipeline.sampling.schedule import flow_sigmas
-from pipeline.sampling.tree import TreeRollout, sample_tree
+from pipeline.rl.trainer import sample_prompts  # bound here: the bench swaps the module's name
+from pipeline.sampling.tree import TreeRollout
 
 
-def per_prompt_forests(
-    policy, prompts, first, method, settings, iteration, decode: bool = True
-) -> TreeRollout:
+def per_prompt_forests(policy, prompts, first, method, settings, iteration) -> TreeRollout:
     """:func:`pipeline.rl.trainer.sample_prompts`' signature and result, one prompt at a time."""
-    sigmas = flow_sigmas(method.schedule.num_steps, settings.shift)
-    with trainer.denoiser_precision(policy, settings):
-        parts = [
-            sample_tree(
-                policy,
-                [prompt],
-                method.schedule,
-                sigmas,
-                guidance=settings.guidance,
-                noise_level=settings.noise_level,
-                sde_type=settings.sde_type,
-                max_batch=settings.max_batch,
-                seed=trainer.prompt_seed(settings.seed, iteration, first + i),
-                decode=decode,
-            )
+    return merge_forests(
+        [
+            sample_prompts(policy, [prompt], first + i, method, settings, iteration)
             for i, prompt in enumerate(prompts)
         ]
-    return merge_forests(parts)
+    )

@@ -54,7 +54,7 @@ def test_batched_forest_equals_per_prompt_forests(policy, method_name):
         torch.testing.assert_close(getattr(batched, name), getattr(reference, name), rtol=1e-4, atol=1e-5)
     # uint8 images: a float difference of 1e-6 can flip a pixel's rounding, never more than one level
     images = trainer.leaf_images(policy, batched, settings)
-    diff = np.abs(images.astype(int) - reference.images.astype(int))
+    diff = np.abs(images.astype(int) - trainer.leaf_images(policy, reference, settings).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
