@@ -20,6 +20,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     split="|".join(SPLITS),
     method="|".join(CFG.methods) or "none",
+    seed=r"\d+",
     model="|".join(MODELS),
 
 

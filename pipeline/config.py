@@ -150,9 +150,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    # Step budget and wall-clock budget: training stops at whichever comes first.
+    # The step count is the contract; max_minutes guards this run's wall time and
+    # on_time_limit says what a trip does: fail (checkpoint kept, a rerun resumes) or stop
+    # early with the result marked as cut short (pipeline.time_guard).
     steps: int = 800
     max_minutes: float = 11.0
+    on_time_limit: str = "fail"
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 50
@@ -198,10 +201,12 @@ class CardConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Iteration budget and wall-clock budget: training stops at whichever comes first
-    # (the iterations reached are recorded).
+    # The iteration count is the contract; max_minutes guards this run's wall time and
+    # on_time_limit says what a trip does: fail (checkpoint kept, a rerun resumes) or stop
+    # early with the result marked as cut short (pipeline.time_guard).
     iterations: int = 40
     max_minutes: float = 8.0
+    on_time_limit: str = "fail"
     prompts_per_iteration: int = 4
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
@@ -210,8 +215,12 @@ class TrainConfig:
     lora_alpha: int = 0
     # PPO clip range on dimension-averaged log-probabilities (Flow-GRPO: 1e-4 .. 1e-3).
     clip_range: float = 1e-3
-    # Weight of the KL penalty to the reference policy (Flow-GRPO: 0.04 for OCR).
+    # Weight of the KL penalty to the reference policy (Flow-GRPO: 0.04 for OCR), in the units
+    # kl_units names: flow_grpo (the step's KL x |dt|, as Flow-GRPO's code computes it, so its
+    # betas carry over) or transition (the exact KL of one step's Gaussians; 9x flow_grpo's
+    # with 10 uniform steps).
     beta: float = 0.04
+    kl_units: str = "flow_grpo"
     max_grad_norm: float = 1.0
     # Optimizer steps per iteration; the trained edges are split evenly between them.
     optimizer_steps_per_iteration: int = 2
@@ -236,6 +245,14 @@ class TrainConfig:
     # a training-reward curve free of the per-iteration prompt draw (0 prompts = off).
     probe_prompts: int = 16
     probe_every: int = 4
+    # Guidance of the probe's ODE samples (null = the rollouts' guidance); the evaluation's
+    # guidance shows during training what the test split will see when rollouts run without CFG.
+    probe_guidance: float | None = None
+    # Training seeds of the study: every method trains once per seed, each its own job
+    # (rule train, wildcard seed), and the report compares methods across seeds.
+    seeds: tuple[int, ...] = (0,)
+    # The seed of one training run: set by the workflow from its seed wildcard, not in a
+    # study config (it seeds prompt draws, rollout noise and edge subsampling).
     seed: int = 0
     # Processes (one per GPU) of the train rule, whose gpu resource takes this value; each
     # samples and trains prompts_per_iteration / gpus prompts (it must divide), advantages use
@@ -289,6 +306,9 @@ class ReportConfig:
     # Prompts shown in the image grids (same prompts and seed across models).
     grid_prompts: int = 8
     title: str = "Multi-GRPO study"
+    # The method the others are compared with across seeds (NFE to reach its final training
+    # reward, and the verdict line).
+    reference_method: str = "flow_grpo"
 
 
 @dataclass(frozen=True)
@@ -413,6 +433,11 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
     bad_numbers = _non_finite(raw)
     if bad_numbers:
         raise ConfigError(f"{source}: config key {', '.join(bad_numbers)}: numbers must be finite")
+    if "seed" in (raw.get("train") or {}):
+        raise ConfigError(
+            f"{source}: config key 'train.seed' is now 'train.seeds', a list (one training run per "
+            f"seed): write seeds: [{raw['train']['seed']}]"
+        )
     validate(raw, source)
     cfg = _build(StudyConfig, raw)
     methods = {name: _build(MethodConfig, method) for name, method in raw.get("methods", {}).items()}

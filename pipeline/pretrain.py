@@ -9,7 +9,7 @@ linear warm-up, gradient clipping, caption dropout for classifier-free guidance,
 optional exponential moving average of the weights (``ema_decay``; the saved model is then
 the average). The same config and thread count give a bit-identical model, also across a
 kill and resume (deterministic kernels; ``train_info.json`` records the threads).
-Training stops after ``steps`` or ``max_minutes``, whichever comes first.
+Training runs ``steps`` steps; ``max_minutes`` is a guard (:mod:`pipeline.time_guard`).
 
 Outputs in ``DIR``: ``model/`` (``config.json`` + ``model.safetensors``), ``metrics.parquet``
 (step, loss, learning rate, elapsed seconds) and ``train_info.json``. A checkpoint in
@@ -39,6 +39,7 @@ from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sampl
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.render import Layout, render_example
 from pipeline.rl.ema import Ema, without_averages
+from pipeline.time_guard import TimeGuard
 
 LOG_EVERY = 10  # steps between loss records
 
@@ -104,11 +105,22 @@ def train(
         print("checkpoint from another config: starting afresh")
     model.train()
     began, step = time.perf_counter() - elapsed, start
+    guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "pretrain.max_minutes")
+
+    def checkpoint(done: int) -> None:
+        weights = model.state_dict() | (ema.checkpoint_tensors() if ema else {})
+        state = {"step": done, "history": history, "config_hash": stage_hash}
+        state["elapsed_s"] = time.perf_counter() - began
+        save_checkpoint(checkpoint_dir, weights, optimizer, state)
+
     progress = tqdm(range(start, cfg.steps), desc="pretrain", initial=start, total=cfg.steps, disable=None)
     for step in progress:
-        if time.perf_counter() - began > 60 * cfg.max_minutes:
-            print(f"time budget of {cfg.max_minutes} min reached at step {step}")
+        if guard.would_exceed():
+            if step > start and step % cfg.checkpoint_every:
+                checkpoint(step)  # a rerun after the guard resumes here
+            print(guard.trip(step, cfg.steps, "steps"))
             break
+        guard.start_unit()
         lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -139,22 +151,19 @@ def train(
             run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
             progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(
-                checkpoint_dir,
-                model.state_dict() | (ema.checkpoint_tensors() if ema else {}),
-                optimizer,
-                {
-                    "step": step + 1,
-                    "elapsed_s": time.perf_counter() - began,
-                    "history": history,
-                    "config_hash": stage_hash,
-                },
-            )
+            checkpoint(step + 1)
+        guard.end_unit()
     else:
         step = cfg.steps
     if ema is not None:
         ema.copy_to_parameters()
-    return {"steps": step, "train_seconds": round(time.perf_counter() - began, 1), "history": history}
+    return {
+        "steps": step,
+        "steps_configured": cfg.steps,
+        "cut_short": step < cfg.steps,
+        "train_seconds": round(time.perf_counter() - began, 1),
+        "history": history,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 
 from pipeline import io, tracking  # noqa: E402
 from pipeline.evaluation import image_grid  # noqa: E402
+from pipeline.seeds import method_table, run_table, split_run, verdict  # noqa: E402
 
 REWARD_LABELS = {
     "ocr": "OCR reward",
@@ -42,7 +43,11 @@ REWARD_LABELS = {
     "quality": "quality (0-10)",
     "pickscore": "PickScore",
 }
-METRIC_LABELS = REWARD_LABELS | {"ocr_exact": "OCR exact match", "color_accuracy": "colour accuracy"}
+METRIC_LABELS = REWARD_LABELS | {
+    "mixed": "mixed reward",
+    "ocr_exact": "OCR exact match",
+    "color_accuracy": "colour accuracy",
+}
 
 
 def pairs(items: list[str], flag: str) -> dict[str, Path]:
@@ -55,10 +60,15 @@ def pairs(items: list[str], flag: str) -> dict[str, Path]:
     return out
 
 
-def per_image_table(rewards: pd.DataFrame) -> pd.DataFrame:
-    """Long rewards table -> one row per image: a score column per reward plus accuracies."""
+def per_image_table(rewards: pd.DataFrame, weights: dict[str, float] | None = None) -> pd.DataFrame:
+    """Long rewards table -> one row per image: a score column per reward plus accuracies, and
+    ``mixed`` (``sum_m w_m r_m``, the reward the methods optimise) when every reward with a
+    non-zero weight in ``weights`` was scored."""
     keys = ["model", "line_id", "seed"]
     wide = rewards.pivot_table(index=keys, columns="reward", values="score", aggfunc="first").reset_index()
+    weighted = {name: w for name, w in (weights or {}).items() if w != 0}
+    if weighted and all(name in wide for name in weighted):
+        wide["mixed"] = sum(w * wide[name] for name, w in weighted.items())
     if "ocr" in set(rewards.reward):
         ocr = rewards[rewards.reward == "ocr"].set_index(keys)["ocr_exact"].astype(float).rename("ocr_exact")
         wide = wide.join(ocr, on=keys)
@@ -153,18 +163,47 @@ def headline_table(summary: pd.DataFrame, paired: pd.DataFrame, metrics: list[st
 
 
 def trend_table(stability: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
-    """One row per method, one cell per reward (and the weighted ``mixed`` reward the methods
-    optimise): the change of a line fitted to the rollouts' per-iteration means over the run,
-    ± its standard error (:func:`format_change`), or the reason there is none."""
+    """One row per trained run, one cell per reward (and the weighted ``mixed`` reward the
+    methods optimise): the change of a line fitted to the rollouts' per-iteration means over
+    the run, ± its standard error (:func:`format_change`), or the reason there is none."""
     rows = []
     for _, method_row in stability.iterrows():
-        row = {"method": method_row["method"], "iterations": int(method_row["iterations"])}
+        row = {"run": method_row["run"], "iterations": int(method_row["iterations"])}
         for name in ["mixed", *rewards]:
             if f"{name}_trend" not in method_row:
                 continue
             cell = format_change(method_row[f"{name}_trend"], method_row[f"{name}_trend_se"])
             row[REWARD_LABELS.get(name, "mixed reward")] = cell or "too few iterations (a trend needs 3)"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_summary(methods: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
+    """The per-method table of :func:`pipeline.seeds.method_table` for reading: each figure as
+    ``mean ± SE`` (:func:`format_change`), the SE across seeds, or marked ``(1 run)`` when it is
+    the one run's own."""
+
+    def cell(row: pd.Series, figure: str) -> str:
+        if figure not in row or not np.isfinite(row[figure]):
+            return ""
+        if figure == "nfe_to_target":
+            se = row[f"{figure}_se"]
+            text = f"{row[figure]:,.0f}" + (f" ± {se:,.0f}" if np.isfinite(se) else "")
+            return f"{text} ({int(row['reached'])} of {int(row['seeds'])} seeds)"
+        text = format_change(row[figure], row[f"{figure}_se"]) or f"{row[figure]:+.3f}"
+        return text + (" (1 run)" if row[f"{figure}_se_source"] == "one run" else "")
+
+    rows = []
+    for _, row in methods.iterrows():
+        out = {"method": row["method"], "seeds": int(row["seeds"])}
+        out["test mixed gain"] = cell(row, "mixed_gain")
+        for name in rewards:
+            out[f"test {REWARD_LABELS.get(name, name)} gain"] = cell(row, f"{name}_gain")
+        out["worst weighted reward gain"] = cell(row, "worst_gain")
+        out["training trend (mixed)"] = cell(row, "trend")
+        if "nfe_to_target" in row:
+            out["NFE to the reference's final reward"] = cell(row, "nfe_to_target") or "not reached"
+        rows.append(out)
     return pd.DataFrame(rows)
 
 
@@ -179,7 +218,7 @@ def warnings_for(
         if done < wanted:
             warnings.append(
                 f"Pretraining was cut short: {done} of {wanted} steps (its time guard, "
-                f"pretrain.max_minutes = {raw['pretrain']['max_minutes']}, ran out)."
+                f"pretrain.max_minutes = {raw['pretrain']['max_minutes']}, tripped with on_time_limit: stop)."
             )
     if "train" in raw:
         wanted = raw["train"]["iterations"]
@@ -187,7 +226,7 @@ def warnings_for(
             if info.get("iterations", 0) < wanted:
                 warnings.append(
                     f"Training of {method} was cut short: {info.get('iterations', 0)} of {wanted} iterations "
-                    f"(train.max_minutes = {raw['train']['max_minutes']})."
+                    f"(train.max_minutes = {raw['train']['max_minutes']}, tripped with on_time_limit: stop)."
                 )
     base = summary[summary.model == "base"]
     if "ocr" in summary and len(base) and base["ocr"].iloc[0] < ILLEGIBLE_OCR:
@@ -201,15 +240,15 @@ def warnings_for(
 def stability_table(
     metrics: dict[str, pd.DataFrame], probes: dict[str, pd.DataFrame], rewards: list[str]
 ) -> pd.DataFrame:
-    """Per method: reward at the start and end of training (first and last quarter of the
-    iterations, and the fixed probe batch before the first and after the last update), the
-    change of a line fitted to the per-iteration means with its standard error
+    """Per trained run (``METHOD/seedN``): reward at the start and end of training (first and
+    last quarter of the iterations, and the fixed probe batch before the first and after the
+    last update), the change of a line fitted to the per-iteration means with its standard error
     (:func:`linear_trend`), the spread of those means, the mean within-group std and the
     share of zero-variance groups."""
     rows = []
-    for method, table in sorted(metrics.items()):
-        row = {"method": method, "iterations": len(table)}
-        probe = probes.get(method, pd.DataFrame())
+    for run, table in sorted(metrics.items()):
+        row = {"run": run, "iterations": len(table)}
+        probe = probes.get(run, pd.DataFrame())
         # The weighted sum the methods optimise ("mixed") first, then every reward on its own.
         columns = {"mixed": "reward_mixed"} | {reward: f"{reward}_mean" for reward in rewards}
         for name, column in columns.items():
@@ -235,21 +274,49 @@ def stability_table(
     return pd.DataFrame(rows)
 
 
+def seed_mean_curve(tables: list[pd.DataFrame], column: str) -> pd.DataFrame:
+    """The runs of one method on a common iteration axis: per iteration, the mean across seeds
+    of each run's 3-iteration mean of ``column``, its standard error (NaN with one run) and
+    the mean cumulative NFE. Iterations some run lacks (cut short) use the runs that have them."""
+    smooth = pd.concat(
+        [t.set_index("iteration")[column].rolling(3, min_periods=1).mean() for t in tables], axis=1
+    )
+    nfe = pd.concat([t.set_index("iteration")["nfe_cumulative"] for t in tables], axis=1)
+    counts = smooth.count(axis=1)
+    se = smooth.std(axis=1, ddof=1) / np.sqrt(counts)
+    return pd.DataFrame(
+        {"mean": smooth.mean(axis=1), "se": se.where(counts > 1), "nfe": nfe.mean(axis=1)}
+    ).reset_index()
+
+
 def curve_figure(
     metrics: dict[str, pd.DataFrame], probes: dict[str, pd.DataFrame], reward: str
 ) -> plt.Figure:
-    """One reward's training mean (solid, 3-iteration mean) and fixed-probe mean (dashed, dots)
-    against iteration (left) and cumulative NFE (right), all methods."""
+    """One reward's training mean (solid: the seeds' mean of each run's 3-iteration mean, with
+    a band of ± one standard error across seeds where there are several) and the fixed probe
+    batch's mean (dashed, dots; seeds averaged) against iteration (left) and cumulative NFE
+    (right), one colour per method. ``metrics`` and ``probes`` are keyed by run."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     column = f"{reward}_mean"
-    for index, (method, table) in enumerate(sorted(metrics.items())):
+    by_method: dict[str, list[str]] = {}
+    for run in sorted(metrics):
+        by_method.setdefault(split_run(run)[0], []).append(run)
+    for index, (method, runs) in enumerate(by_method.items()):
         color = f"C{index}"
-        if column in table:
-            smooth = table[column].rolling(3, min_periods=1).mean()
-            axes[0].plot(table["iteration"], smooth, color=color, label=method)
-            axes[1].plot(table["nfe_cumulative"], smooth, color=color, label=method)
-        probe = probes.get(method, pd.DataFrame())
-        if column in probe:
+        tables = [metrics[run] for run in runs if column in metrics[run]]
+        if tables:
+            curve = seed_mean_curve(tables, column)
+            label = f"{method} ({len(tables)} seeds)" if len(tables) > 1 else method
+            for axis, x in zip(axes, (curve["iteration"], curve["nfe"]), strict=True):
+                axis.plot(x, curve["mean"], color=color, label=label)
+                if curve["se"].notna().any():
+                    axis.fill_between(
+                        x, curve["mean"] - curve["se"], curve["mean"] + curve["se"], color=color, alpha=0.2
+                    )
+        probe_tables = [probes[run] for run in runs if column in probes.get(run, pd.DataFrame())]
+        if probe_tables:
+            probe = pd.concat(probe_tables).groupby("iteration")[[column, "nfe_cumulative"]].mean()
+            probe = probe.reset_index()
             axes[0].plot(probe["iteration"], probe[column], "o--", color=color, markersize=3)
             axes[1].plot(probe["nfe_cumulative"], probe[column], "o--", color=color, markersize=3)
     axes[0].set_xlabel("iteration")
@@ -358,8 +425,9 @@ def render_html(
             parts.append('<section id="curves"><h2>Training curves</h2>')
             parts.append(
                 "<p class='caption'>Higher is better. Solid: the rollouts' mean reward per iteration "
-                "(3-iteration mean); dashed with dots: the fixed probe prompts (ODE). One training run "
-                "per method, so no error bands.</p>"
+                "(3-iteration mean), averaged over the method's training seeds with a band of ± one "
+                "standard error across them (none with one seed); dashed with dots: the fixed probe "
+                "prompts (ODE).</p>"
             )
             parts.extend(img(data, f"curve {name}") for name, data in curves.items())
             parts.append("</section>")
@@ -369,6 +437,8 @@ def render_html(
 
 def report_sections(
     headline: pd.DataFrame,
+    seeds_view: pd.DataFrame,
+    seed_verdict: str,
     trends: pd.DataFrame,
     summary: pd.DataFrame,
     paired: pd.DataFrame,
@@ -387,6 +457,19 @@ def report_sections(
         "rollouts' per-iteration mean reward, ± its standard error (higher is better; ▲: a rise beyond "
         "2 standard errors).</p>" + html_table(trends),
     }
+    if len(seeds_view):
+        sections["seeds"] = (
+            "<h2>Methods across training seeds</h2><p class='caption'>Per method, the mean over its "
+            "training seeds ± the standard error across them ((1 run): one seed, so the run's own "
+            "standard error, over test prompts or of the fitted trend). Gains are paired per test "
+            "prompt against the base model; the worst weighted reward gain is the smallest of "
+            "w<sub>m</sub> × gain<sub>m</sub> over the rewards (the units each adds to the mixed reward); "
+            "NFE to the reference's final reward: the first cumulative NFE at which a run's rolling "
+            "mean training reward reaches the reference method's final one (higher gains, lower NFE "
+            "are better). <a href='methods.csv'>methods.csv</a>, <a href='runs.csv'>runs.csv</a>.</p>"
+            + html_table(seeds_view)
+            + f"<p class='verdict'><b>Verdict:</b> {html.escape(seed_verdict)}</p>"
+        )
     if base_info is not None:
         wanted = raw.get("pretrain", {}).get("steps", "?")
         base = summary[summary.model == "base"]
@@ -479,10 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     reward_names = [r for r in REWARD_LABELS if r in set(rewards.reward)]
 
     with tracking.stage_run(args, raw) as run:
-        images = per_image_table(rewards)
+        weights = raw.get("train", {}).get("reward_weights", {})
+        images = per_image_table(rewards, weights)
         summary = summary_table(images, infos)
         paired = paired_table(images) if "base" in set(images.model) else pd.DataFrame()
         stability = stability_table(metrics, probes, reward_names)
+        reference = raw["report"].get("reference_method", "flow_grpo")
+        runs = run_table(paired, stability, metrics, weights, reference) if metrics else pd.DataFrame()
+        methods = method_table(runs) if len(runs) else pd.DataFrame()
+        seed_verdict = verdict(methods, reference) if len(methods) else ""
         curves = {r: png_bytes(curve_figure(metrics, probes, r)) for r in reward_names} if metrics else {}
         grid = grid_image(
             samples, {m: p.parent for m, p in sample_paths.items()}, raw["report"]["grid_prompts"]
@@ -495,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         io.write_text(args.out_dir / "stability.csv", stability.to_csv(index=False))
         io.write_text(args.out_dir / "paired.csv", paired.to_csv(index=False))
+        io.write_text(args.out_dir / "runs.csv", runs.to_csv(index=False))
+        io.write_text(args.out_dir / "methods.csv", methods.to_csv(index=False))
         for name, data in [
             *((f"curve_{r}.png", d) for r, d in curves.items()),
             ("grid.png", buffer.getvalue()),
@@ -503,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.write_bytes(data)
         base_info = json.loads(args.base_info.read_text()) if args.base_info else None
         shown = [
-            m for m in ("ocr", "ocr_exact", "color", "color_accuracy", "quality", "pickscore") if m in summary
+            m
+            for m in ("mixed", "ocr", "ocr_exact", "color", "color_accuracy", "quality", "pickscore")
+            if m in summary
         ]
         headline = headline_table(summary, paired, shown)
         trends = trend_table(stability, reward_names) if len(stability) else pd.DataFrame()
@@ -513,11 +605,24 @@ def main(argv: list[str] | None = None) -> int:
         warnings = warnings_for(raw, summary, infos, base_info)
         for warning in warnings:
             print(f"WARNING: {warning}")
+        if seed_verdict:
+            print(f"Verdict: {seed_verdict}")
         page = render_html(
             raw["report"]["title"],
             study_notes(raw),
             warnings,
-            report_sections(headline, trends, summary, paired, stability, base_info, raw, samples_html),
+            report_sections(
+                headline,
+                seed_summary(methods, reward_names) if len(methods) else pd.DataFrame(),
+                seed_verdict,
+                trends,
+                summary,
+                paired,
+                stability,
+                base_info,
+                raw,
+                samples_html,
+            ),
             curves,
         )
         io.write_text(args.out_dir / "index.html", page)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +51,7 @@ from pipeline.rl.distributed import SINGLE, Ranks
 from pipeline.rl.ema import Ema, without_averages
 from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
 from pipeline.sampling.schedule import TreeSchedule
+from pipeline.time_guard import TimeGuard
 
 
 def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodSpec:
@@ -82,6 +84,7 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
         seed=train.seed,
         reward_weights=dict(train.reward_weights),
         mixed_precision=train.mixed_precision,
+        kl_units=train.kl_units,
     )
 
 
@@ -133,25 +136,42 @@ def _train_loop(
     elif checkpoint_dir.exists() and ranks.is_main:
         print("checkpoint from another config: starting afresh")
     began = time.perf_counter() - elapsed
+    guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "train.max_minutes")
     cumulative = history[-1]["nfe_cumulative"] if history else 0
     # Rank 0 probes alone (the others wait for it at the next collective).
     probing = cfg.probe_prompts > 0 and ranks.is_main
     probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if probing else None
+    probe_settings = dataclasses.replace(settings, guidance=cfg.probe_guidance or settings.guidance)
 
     def probe_now(updates: int) -> None:
         """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
         if probe_prompts is None or any(row["iteration"] == updates for row in probes):
             return
-        row = probe(policy, scorer.rewards, probe_prompts, settings, sampling.train_steps)
+        row = probe(policy, scorer.rewards, probe_prompts, probe_settings, sampling.train_steps)
         probes.append(row | {"iteration": updates, "nfe_cumulative": cumulative})
         run.log_metrics({f"probe_{k}": v for k, v in row.items()}, step=updates)
         print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
 
+    def checkpoint(done: int) -> None:
+        """Checkpoint after ``done`` iterations (rank 0 writes; every rank leaves with it complete)."""
+        if ranks.is_main:
+            weights = trainable_weights(policy)
+            if ema is not None:
+                weights |= ema.checkpoint_tensors()
+            state = {"iteration": done, "history": history, "probes": probes, "config_hash": stage_hash}
+            state["elapsed_s"] = time.perf_counter() - began
+            save_checkpoint(checkpoint_dir, weights, optimizer, state)
+        distributed.barrier(ranks)
+
     for iteration in range(start, cfg.iterations):
-        if distributed.agree(time.perf_counter() - began > 60 * cfg.max_minutes, ranks):  # all stop
+        if distributed.agree(guard.would_exceed(), ranks):  # every rank stops, or none
+            if iteration > start and iteration % cfg.checkpoint_every:
+                checkpoint(iteration)  # a rerun after the guard resumes here
+            message = guard.trip(iteration, cfg.iterations, "iterations")
             if ranks.is_main:
-                print(f"time budget of {cfg.max_minutes} min reached after {iteration} iterations")
+                print(message)
             break
+        guard.start_unit()
         if iteration % cfg.probe_every == 0:
             probe_now(iteration)
         try:
@@ -168,30 +188,16 @@ def _train_loop(
         run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=iteration)
         if ranks.is_main:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        checkpoint_now = (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations
-        if checkpoint_now and ranks.is_main:
-            weights = trainable_weights(policy)
-            if ema is not None:
-                weights |= ema.checkpoint_tensors()
-            save_checkpoint(
-                checkpoint_dir,
-                weights,
-                optimizer,
-                {
-                    "iteration": iteration + 1,
-                    "history": history,
-                    "probes": probes,
-                    "elapsed_s": time.perf_counter() - began,
-                    "config_hash": stage_hash,
-                },
-            )
-        if checkpoint_now:
-            distributed.barrier(ranks)  # the ranks leave the iteration with the checkpoint complete
+        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
+            checkpoint(iteration + 1)
+        guard.end_unit()
     if ema is not None:
         ema.copy_to_parameters()
     probe_now(len(history))
     return {
         "iterations": len(history),
+        "iterations_configured": cfg.iterations,
+        "cut_short": len(history) < cfg.iterations,
         "train_seconds": round(time.perf_counter() - began, 1),
         "nfe_cumulative": cumulative,
         "history": history,

@@ -1,5 +1,6 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -161,8 +162,6 @@ def stage_params(*path):
 
 def json_params(**slices):
     """Canonical JSON of several config slices, e.g. ``json_params(pretrain=CFG.pretrain)``."""
-    import dataclasses
-
     return study_config.canonical_json(
         {k: dataclasses.asdict(v) for k, v in slices.items()}
     )
@@ -197,18 +196,33 @@ def base_model_files(wildcards):
     return [f"{CFG.model.path}/model_index.json"]
 
 
+def run_train_config(seed):
+    """The train config of one training run: ``seed`` set, the study's seed list left out (so
+    that adding a seed reruns no existing run)."""
+    import dataclasses
+
+    train = dataclasses.asdict(dataclasses.replace(CFG.train, seed=int(seed)))
+    train.pop("seeds")
+    return train
+
+
 def method_params(wildcards):
-    """Canonical JSON of everything one method's training reads from the config."""
-    return json_params(
-        train=CFG.train,
-        method=CFG.methods[wildcards.method],
-        sampling=CFG.sampling,
-        rewards=CFG.rewards,
-        model=CFG.model,
+    """Canonical JSON of everything one training run reads from the config."""
+    return study_config.canonical_json(
+        {
+            "train": run_train_config(wildcards.seed),
+            "method": dataclasses.asdict(CFG.methods[wildcards.method]),
+            "sampling": dataclasses.asdict(CFG.sampling),
+            "rewards": dataclasses.asdict(CFG.rewards),
+            "model": dataclasses.asdict(CFG.model),
+        }
     )
 
 
-MODELS = ["base", *CFG.methods]
+# The trained runs, named METHOD/seedN (their train/ and eval/ folders), and every model
+# the study evaluates.
+RUNS = {f"{m}/seed{s}": (m, s) for m in CFG.methods for s in CFG.train.seeds}
+MODELS = ["base", *RUNS]
 
 
 def eval_inputs(wildcards):
@@ -229,26 +243,25 @@ def weights_flag(wildcards, input):
 
 
 def eval_params(wildcards):
-    """Evaluation settings; a trained method's also include its training config (LoRA shape)."""
+    """Evaluation settings; a trained run's also include its training config (LoRA shape)."""
     if wildcards.model == "base":
         return json_params(
             sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation
         )
-    return json_params(
-        sampling=CFG.sampling,
-        model=CFG.model,
-        evaluation=CFG.evaluation,
-        train=CFG.train,
+    settings = json.loads(
+        json_params(sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation)
     )
+    settings["train"] = run_train_config(RUNS[wildcards.model][1])
+    return study_config.canonical_json(settings)
 
 
 def report_inputs(wildcards):
     inputs = {
         "rewards": [f"{RESULTS}/eval/{m}/rewards.parquet" for m in MODELS],
         "samples": [f"{RESULTS}/eval/{m}/samples.parquet" for m in MODELS],
-        "metrics": [f"{RESULTS}/train/{m}/metrics.parquet" for m in CFG.methods],
-        "probes": [f"{RESULTS}/train/{m}/probe.parquet" for m in CFG.methods],
-        "infos": [f"{RESULTS}/train/{m}/train_info.json" for m in CFG.methods],
+        "metrics": [f"{RESULTS}/train/{r}/metrics.parquet" for r in RUNS],
+        "probes": [f"{RESULTS}/train/{r}/probe.parquet" for r in RUNS],
+        "infos": [f"{RESULTS}/train/{r}/train_info.json" for r in RUNS],
     }
     if CFG.model.backend == "mini":
         inputs["base_info"] = f"{BASE_DIR}/train_info.json"
@@ -259,9 +272,9 @@ def report_flags(wildcards, input):
     """``--rewards MODEL=FILE ...`` for every model and method, in a stable order."""
     flags = [("--rewards", f"{m}={f}") for m, f in zip(MODELS, input.rewards)]
     flags += [("--samples", f"{m}={f}") for m, f in zip(MODELS, input.samples)]
-    flags += [("--metrics", f"{m}={f}") for m, f in zip(CFG.methods, input.metrics)]
-    flags += [("--probe", f"{m}={f}") for m, f in zip(CFG.methods, input.probes)]
-    flags += [("--train-info", f"{m}={f}") for m, f in zip(CFG.methods, input.infos)]
+    flags += [("--metrics", f"{r}={f}") for r, f in zip(RUNS, input.metrics)]
+    flags += [("--probe", f"{r}={f}") for r, f in zip(RUNS, input.probes)]
+    flags += [("--train-info", f"{r}={f}") for r, f in zip(RUNS, input.infos)]
     if "base_info" in input.keys():
         flags.append(("--base-info", input.base_info))
     return shell_flags(*flags)
@@ -330,6 +343,6 @@ def study_targets():
     ]
     if CFG.model.backend == "mini":
         targets.append(f"{BASE_DIR}/card/README.md")
-    targets += [f"{RESULTS}/train/{method}/metrics.parquet" for method in CFG.methods]
+    targets += [f"{RESULTS}/train/{run}/metrics.parquet" for run in RUNS]
     targets.append(f"{RESULTS}/report/index.html")
     return targets

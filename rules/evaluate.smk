@@ -1,5 +1,6 @@
 rule sample_eval:
-    """Deterministic ODE samples of the test split for the base model or one method."""
+    """Deterministic ODE samples of the test split for the base model or one trained run
+    (model: base, or METHOD/seedN)."""
     input:
         unpack(eval_inputs),
         code=stage_sources("sample_eval"),
@@ -8,9 +9,9 @@ rule sample_eval:
         samples=f"{RESULTS}/eval/{{model}}/samples.parquet",
         run_id=f"{RESULTS}/eval/{{model}}/samples_mlflow_run_id.txt",
     log:
-        f"{RESULTS}/logs/sample_eval_{{model}}.log",
+        f"{RESULTS}/logs/sample_eval/{{model}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sample_eval_{{model}}.tsv"
+        f"{RESULTS}/benchmarks/sample_eval/{{model}}.tsv"
     conda:
         "../envs/pipeline.yaml"
     threads: 2
@@ -39,9 +40,9 @@ rule score:
         rewards=f"{RESULTS}/eval/{{model}}/rewards.parquet",
         run_id=f"{RESULTS}/eval/{{model}}/rewards_mlflow_run_id.txt",
     log:
-        f"{RESULTS}/logs/score_{{model}}.log",
+        f"{RESULTS}/logs/score/{{model}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/score_{{model}}.tsv"
+        f"{RESULTS}/benchmarks/score/{{model}}.tsv"
     conda:
         "../envs/pipeline.yaml"
     threads: 2

@@ -1,20 +1,21 @@
 rule train:
-    """GRPO fine-tuning with one method of the comparison (resumes from its checkpoint)."""
+    """GRPO fine-tuning with one method of the comparison and one training seed (resumes from
+    its checkpoint)."""
     input:
         train=f"{DATASET_DIR}/train.parquet",
         base=base_model_files,
         code=stage_sources("train"),
         mlflow=MLFLOW_RECORD,
     output:
-        metrics=f"{RESULTS}/train/{{method}}/metrics.parquet",
-        probe=f"{RESULTS}/train/{{method}}/probe.parquet",
-        weights=f"{RESULTS}/train/{{method}}/weights.safetensors",
-        info=f"{RESULTS}/train/{{method}}/train_info.json",
-        run_id=f"{RESULTS}/train/{{method}}/mlflow_run_id.txt",
+        metrics=f"{RESULTS}/train/{{method}}/seed{{seed}}/metrics.parquet",
+        probe=f"{RESULTS}/train/{{method}}/seed{{seed}}/probe.parquet",
+        weights=f"{RESULTS}/train/{{method}}/seed{{seed}}/weights.safetensors",
+        info=f"{RESULTS}/train/{{method}}/seed{{seed}}/train_info.json",
+        run_id=f"{RESULTS}/train/{{method}}/seed{{seed}}/mlflow_run_id.txt",
     log:
-        f"{RESULTS}/logs/train_{{method}}.log",
+        f"{RESULTS}/logs/train/{{method}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_{{method}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{method}}/seed{{seed}}.tsv"
     conda:
         "../envs/pipeline.yaml"
     threads: 2

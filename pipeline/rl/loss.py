@@ -37,8 +37,23 @@ def gaussian_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Ten
     """KL(N(mean, std^2) || N(reference_mean, std^2)) per edge, averaged over dims: ``[E]``.
 
     Closed form for equal variances, ``(mean - reference_mean)^2 / (2 std^2)``, with ``std``
-    the transition's std (``[E, 1, ...]``). Flow-GRPO divides by the SDE's ``std_t^2`` instead
-    of ``std_t^2 |dt|``; the difference is a per-step constant that ``beta`` absorbs.
+    the transition's std (``[E, 1, ...]``): the exact KL of one step's two Gaussians.
+    :func:`kl_per_unit_time` turns it into Flow-GRPO's units.
     """
     kl = (mean.float() - reference_mean.float()) ** 2 / (2 * std.float() ** 2)
     return kl.mean(dim=tuple(range(1, kl.ndim)))
+
+
+KL_UNITS = ("flow_grpo", "transition")
+
+
+def kl_per_unit_time(kl: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """``[E]`` transition KLs times each step's length ``|dt| = sigma - sigma_next`` (``[E]``).
+
+    Flow-GRPO divides the squared mean difference by the SDE's ``std_t^2``, where the step's
+    std is ``std_t sqrt(|dt|)``: its KL is the exact one times ``|dt|``, a KL per unit of
+    time. With 10 uniform steps (``|dt| = 1/9``) the exact KL is 9 times Flow-GRPO's, and
+    with SD3's shifted schedule the factor differs per step; in these units a ``beta`` means
+    what it means in Flow-GRPO's configs.
+    """
+    return kl * (sigma - sigma_next).abs().to(kl.dtype)

@@ -31,7 +31,7 @@ from pipeline.rl.distributed import (
     sum_gradients,
 )
 from pipeline.rl.ema import Ema
-from pipeline.rl.loss import gaussian_kl, ppo_clip_loss
+from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.sde import sde_step_with_logprob
 from pipeline.sampling.tree import TreeRollout, guided_velocity, sample_tree
@@ -66,6 +66,7 @@ class LoopSettings:
     seed: int = 0
     reward_weights: dict[str, float] = field(default_factory=dict)
     mixed_precision: str = "no"  # no | bf16 (autocast of the denoiser's forward passes)
+    kl_units: str = "flow_grpo"  # flow_grpo (KL x |dt|) | transition (the exact step KL)
 
 
 def denoiser_precision(policy: Policy, settings: LoopSettings) -> AbstractContextManager:
@@ -156,7 +157,10 @@ def edge_loss(
                 prev_sample=step.prev_sample,
                 sde_type=settings.sde_type,
             )
-        kl = gaussian_kl(step.mean, reference.mean, step.std).mean()
+        kl = gaussian_kl(step.mean, reference.mean, step.std)
+        if settings.kl_units == "flow_grpo":
+            kl = kl_per_unit_time(kl, sigma, sigma_next)
+        kl = kl.mean()
         loss = loss + settings.beta * kl
         stats["kl"] = kl.item()
         cost += ref_cost

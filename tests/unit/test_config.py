@@ -132,14 +132,23 @@ def test_dataclasses_mirror_the_schema():
     # reward_weights is a mapping by reward name, not a dataclass.
     weights = {k for k in keys if k.startswith("train.reward_weights.")}
     assert {k.rsplit(".", 1)[1] for k in weights} == set(REWARDS)
-    assert keys - weights == _dataclass_keys(config.StudyConfig)
+    # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config.
+    assert keys - weights == _dataclass_keys(config.StudyConfig) - {"train.seed"}
     method_schema = schema["properties"]["methods"]["additionalProperties"]
     assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(config.MethodConfig)}
 
 
+def test_the_old_single_training_seed_says_what_replaced_it():
+    raw = _set(default_raw(), "train.seed", 3)
+    with pytest.raises(config.ConfigError, match=r"'train.seed' is now 'train.seeds'.*seeds: \[3\]"):
+        config.load(raw)
+
+
 def test_every_shipped_config_is_valid():
+    """Whole configs on their own; an overlay (without every top-level key) merged onto
+    config.yaml, as Snakemake merges a --configfile."""
     for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
-        config.load_file(path, check_paths=False)
+        assert config.main([str(path), "--no-paths"]) == 0, path
 
 
 def test_canonical_json_is_order_independent():
@@ -196,7 +205,7 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("train.gpus", 3, r"'train.gpus' \(3\) must divide train.prompts_per_iteration \(4\)"),
+        ("train.gpus", 3, r"'train.gpus' \(3\) must divide train.prompts_per_iteration \(32\)"),
         ("train.reward_weights", {"ocr": 0.0, "color": 0}, "'train.reward_weights': every weight is 0"),
         ("train.learning_rate", float("nan"), r"'train.learning_rate' \(nan\): numbers must be finite"),
         ("train.learning_rate", float("inf"), r"'train.learning_rate' \(inf\): numbers must be finite"),

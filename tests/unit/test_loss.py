@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.rl.loss import gaussian_kl, ppo_clip_loss
+from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss
 
 
 def test_ppo_clip_by_hand():
@@ -41,3 +41,16 @@ def test_gaussian_kl_matches_torch_distributions():
         torch.distributions.Normal(ref, std.expand_as(ref)),
     ).mean(dim=(1, 2, 3))
     torch.testing.assert_close(gaussian_kl(mean, ref, std), expected)
+
+
+def test_kl_per_unit_time_is_flow_grpos_kl():
+    """Flow-GRPO: mean((m - m_ref)^2) / (2 std_dev_t^2), with the step's std std_dev_t sqrt(|dt|)."""
+    gen = torch.Generator().manual_seed(1)
+    mean, ref = torch.randn(3, 2, 4, 4, generator=gen), torch.randn(3, 2, 4, 4, generator=gen)
+    sigma, sigma_next = torch.tensor([1.0, 0.6, 0.3]), torch.tensor([0.9, 0.3, 0.0])
+    std_dev_t = torch.tensor([0.7, 0.5, 0.4])
+    step_std = (std_dev_t * (sigma - sigma_next).sqrt()).reshape(3, 1, 1, 1)
+    flow_grpo = ((mean - ref) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+    exact = gaussian_kl(mean, ref, step_std)
+    torch.testing.assert_close(kl_per_unit_time(exact, sigma, sigma_next), flow_grpo)
+    torch.testing.assert_close(exact / flow_grpo, 1 / (sigma - sigma_next))  # 10, 3.33, 3.33

@@ -39,7 +39,7 @@ def test_headline_has_the_mean_and_the_paired_change():
 def test_trend_cells_give_a_reason_when_there_is_no_trend():
     stability = pd.DataFrame(
         {
-            "method": ["flow_grpo", "tree_grpo"],
+            "run": ["flow_grpo/seed0", "tree_grpo/seed0"],
             "iterations": [12, 2],
             "mixed_trend": [0.26, math.nan],
             "mixed_trend_se": [0.06, math.nan],
@@ -48,7 +48,7 @@ def test_trend_cells_give_a_reason_when_there_is_no_trend():
         }
     )
     table = trend_table(stability, ["ocr"])
-    assert table.iloc[0].tolist() == ["flow_grpo", 12, "+0.260 ± 0.060 ▲", "-0.010 ± 0.050"]
+    assert table.iloc[0].tolist() == ["flow_grpo/seed0", 12, "+0.260 ± 0.060 ▲", "-0.010 ± 0.050"]
     assert table.iloc[1]["OCR reward"] == "too few iterations (a trend needs 3)"
 
 

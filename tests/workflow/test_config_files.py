@@ -17,7 +17,7 @@ pytestmark = pytest.mark.workflow
 
 def test_duplicate_key_in_an_overlay_is_an_error(tmp_path):
     folder = copy_workflow(tmp_path)
-    (folder / "overlay.yaml").write_text("train:\n  iterations: 3\n  seed: 1\n  iterations: 4\n")
+    (folder / "overlay.yaml").write_text("train:\n  iterations: 3\n  seeds: [1]\n  iterations: 4\n")
     result = snakemake(folder, "-n", "--configfile", "overlay.yaml", check=False)
     assert result.returncode != 0
     assert (

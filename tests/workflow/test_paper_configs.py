@@ -106,3 +106,17 @@ def test_slurm_profile_dry_run_requests_cluster_resources(tmp_path):
     assert int(resources["gpu"]) >= 1 and int(resources["runtime"]) >= 2880
     card = re.search(r"rule dataset_card:.*?resources: ([^\n]*)", out, re.S)
     assert "gpu=0" in card.group(1)  # CPU rules stay small
+
+
+def test_mini_gpu_config_plans_three_seeds_of_every_method(tmp_path):
+    folder = copy_workflow(tmp_path)
+    jobs = planned_jobs(
+        folder, "--configfile", "configs/mini_gpu.yaml", "--cores", "16", "--resources", "gpu=6"
+    )
+    assert {rule: jobs[rule] for rule in ("pretrain_base", "train", "sample_eval", "score", "report")} == {
+        "pretrain_base": 1,
+        "train": 12,  # 4 methods x 3 seeds, each its own job
+        "sample_eval": 13,  # and the base model
+        "score": 13,
+        "report": 1,
+    }

@@ -18,7 +18,8 @@ DATASET = "datasets/ocr_color_10_tiny"
 
 RESULTS = "results/tiny"
 METHODS = ("flow_grpo", "multi_grpo", "reward_group", "tree_grpo")
-MODELS = ("base", *METHODS)
+RUNS = tuple(f"{method}/seed0" for method in METHODS)  # train.seeds: [0]
+MODELS = ("base", *RUNS)
 
 
 def test_outputs_exist_with_expected_rows(study):
@@ -32,13 +33,13 @@ def test_outputs_exist_with_expected_rows(study):
     assert (base / "model" / "model.safetensors").exists() and (base / "card" / "samples.png").exists()
     assert "SDE groups" in (base / "card" / "README.md").read_text()
     assert len(pd.read_parquet(base / "metrics.parquet")) >= 1
-    for method in METHODS:
-        metrics = pd.read_parquet(study / RESULTS / "train" / method / "metrics.parquet")
+    for run in RUNS:
+        metrics = pd.read_parquet(study / RESULTS / "train" / run / "metrics.parquet")
         assert list(metrics.iteration) == [0, 1]
         assert {"ocr_mean", "color_mean", "quality_mean", "nfe_cumulative", "zero_variance_groups"} <= set(
             metrics
         )
-        probe = pd.read_parquet(study / RESULTS / "train" / method / "probe.parquet")
+        probe = pd.read_parquet(study / RESULTS / "train" / run / "probe.parquet")
         assert list(probe.iteration) == [0, 2]  # before the first update and after the last
         assert {"ocr_mean", "color_mean", "quality_mean", "reward_mixed"} <= set(probe)
     for model in MODELS:
@@ -48,11 +49,15 @@ def test_outputs_exist_with_expected_rows(study):
         assert len(rewards) == 5 * 2 * 3 and set(rewards.reward) == {"ocr", "color", "quality"}
     summary = pd.read_csv(study / RESULTS / "report" / "summary.csv")
     assert list(summary.model) == list(MODELS)
-    assert {"ocr", "ocr_exact", "color_accuracy", "quality", "ocr_seed_std", "training_nfe"} <= set(
+    assert {"mixed", "ocr", "ocr_exact", "color_accuracy", "quality", "ocr_seed_std", "training_nfe"} <= set(
         summary.columns
     )
+    methods = pd.read_csv(study / RESULTS / "report" / "methods.csv")
+    assert list(methods.method) == sorted(METHODS) and set(methods.seeds) == {1}
+    assert set(methods.mixed_gain_se_source) == {"one run"}
     html = (study / RESULTS / "report" / "index.html").read_text()
     assert "Training curves" in html and "data:image/png;base64" in html and "stand" in html
+    assert "Methods across training seeds" in html and "No verdict" in html
 
 
 def test_every_job_is_an_mlflow_run(study):
@@ -115,6 +120,11 @@ def test_rebuild_only_what_changed(study):
     # A training key: every method's training and what follows it, not the base model.
     beta = _variant(study, "train.beta", 0.01)
     assert planned_jobs(study, "--configfile", beta) == Counter(
+        {"train": 4, "sample_eval": 4, "score": 4, "report": 1, "all": 1}
+    )
+    # Another training seed: the new runs and what follows them; the seed-0 runs stay.
+    seeds = _variant(study, "train.seeds", [0, 1])
+    assert planned_jobs(study, "--configfile", seeds) == Counter(
         {"train": 4, "sample_eval": 4, "score": 4, "report": 1, "all": 1}
     )
     # A report option: only the report.

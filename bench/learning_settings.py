@@ -1,0 +1,185 @@
+"""Which training settings learn? Train methods from the study's base model and print trends.
+
+    .venv/bin/python bench/learning_settings.py --label large --methods flow_grpo,multi_grpo \
+        --set train.iterations=7 --set train.guidance=1 [--parallel] [--config config.yaml]
+
+Each method runs ``python -m pipeline.train`` exactly as the workflow's train rule does
+(the config's ``train``, ``sampling``, ``rewards`` and ``model`` slices, after the ``--set``
+overrides, dotted keys with YAML values), on the base model the study already pretrained
+(``results/<study>/base_model``), writing to ``results/bench/learning/<label>/<method>``.
+Then it prints, per method, the iterations and median seconds per iteration, the change of
+a line fitted to the rollouts' per-iteration mean rewards over the run with its standard
+error (the report's trend), and the fixed probe batch's rewards before and after training.
+``--parallel`` trains the methods at once, the threads split between them. ``--evaluate``
+then samples the test split with every trained method and the base model exactly as the
+study's ``sample_eval`` and ``score`` stages do (the base model's once, kept in
+``results/bench/learning/base``) and prints each method's test gain over the base model,
+paired per prompt (mean ± standard error), for the mixed reward and each reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import config  # noqa: E402
+from pipeline.report import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
+
+REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "quality": "quality_mean"}
+
+
+def overridden(raw: dict, assignments: list[str]) -> dict:
+    """``raw`` with every ``a.b.c=value`` applied (value parsed as YAML)."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {assignment!r}: expected key=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def stage_json(cfg: config.StudyConfig, method: str) -> str:
+    slices = {
+        "train": cfg.train,
+        "method": cfg.methods[method],
+        "sampling": cfg.sampling,
+        "rewards": cfg.rewards,
+        "model": cfg.model,
+    }
+    return config.canonical_json({name: dataclasses.asdict(value) for name, value in slices.items()})
+
+
+def summary(method: str, out_dir: Path) -> str:
+    metrics = pd.read_parquet(out_dir / "metrics.parquet")
+    probe = pd.read_parquet(out_dir / "probe.parquet")
+    parts = [f"{method}: {len(metrics)} iterations, {metrics['seconds'].median():.1f} s each (median)"]
+    for name, column in REWARDS.items():
+        if column not in metrics:
+            continue
+        change, se = linear_trend(metrics["iteration"].to_numpy(), metrics[column].to_numpy())
+        line = f"  {name:8s} rollout trend {format_change(change, se) or 'n/a':24s}"
+        if column in probe and len(probe):
+            line += f" probe {probe[column].iloc[0]:.3f} -> {probe[column].iloc[-1]:.3f}"
+        parts.append(line)
+    if "clip_fraction" in metrics:
+        parts.append(f"  clip fraction {metrics['clip_fraction'].mean():.3f}, KL {metrics['kl'].mean():.2e}")
+    return "\n".join(parts)
+
+
+def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path | None, out_dir: Path) -> Path:
+    """The study's sample_eval then score stages for one model; returns its rewards table."""
+    rewards = out_dir / "rewards.parquet"
+    if rewards.is_file():
+        return rewards
+    settings = {
+        "sampling": cfg.sampling,
+        "model": cfg.model,
+        "evaluation": cfg.evaluation,
+        "train": cfg.train,
+    }
+    stage = config.canonical_json({k: dataclasses.asdict(v) for k, v in settings.items()})
+    test = f"datasets/{cfg.dataset.name}/test.parquet"
+    command = [sys.executable, "-m", "pipeline.sample_eval", "--model", name, "--base-model", str(base_dir)]
+    command += ["--weights", str(weights)] if weights else []
+    command += ["--test", test, "--config-json", stage, "--out-dir", str(out_dir), "--threads", "2"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable, "-m", "pipeline.score", "--samples", str(out_dir / "samples.parquet"),
+            "--out", str(rewards), "--rewards", ",".join(cfg.rewards.score),
+            "--settings-json", config.canonical_json(cfg.rewards.settings()), "--workers", "2",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return rewards
+
+
+def test_gains(cfg: config.StudyConfig, tables: dict[str, Path]) -> str:
+    """Each trained method's paired test gain over ``base`` for the mixed reward and each reward."""
+    rewards = pd.concat([pd.read_parquet(path).assign(model=model) for model, path in tables.items()])
+    paired = paired_table(per_image_table(rewards, dict(cfg.train.reward_weights)))
+    lines = []
+    for _, row in paired.iterrows():
+        cells = [
+            f"{name} {format_change(row[f'{name}_diff'], row[f'{name}_diff_se'])}"
+            for name in ("mixed", *cfg.rewards.score)
+            if f"{name}_diff" in row
+        ]
+        lines.append(
+            f"{row['model']}: test gain over base (paired, {row['images']} images): " + ", ".join(cells)
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"))
+    parser.add_argument("--label", required=True, help="name of this setting (output folder)")
+    parser.add_argument("--methods", default="flow_grpo,multi_grpo")
+    parser.add_argument("--set", action="append", default=[], dest="assignments", metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parallel", action="store_true", help="train the methods at once")
+    parser.add_argument("--evaluate", action="store_true", help="then score the test split against the base")
+    parser.add_argument("--reuse", action="store_true", help="keep a method's finished training output")
+    args = parser.parse_args(argv)
+
+    raw = overridden(config.read_yaml(args.config), args.assignments)
+    cfg = config.load(raw, source=f"{args.config} with --set")
+    base_dir = Path(f"results/{cfg.study}/base_model/model")
+    train_split = Path(f"datasets/{cfg.dataset.name}/train.parquet")
+    if not (base_dir / "model.safetensors").is_file():
+        raise SystemExit(f"{base_dir}: no base model; run the study's pretrain_base first")
+    methods = args.methods.split(",")
+    threads = max(1, args.threads // len(methods)) if args.parallel else args.threads
+    jobs = []
+    for method in methods:
+        out_dir = Path("results/bench/learning") / args.label / method
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if args.reuse and (out_dir / "weights.safetensors").is_file():
+            jobs.append((method, out_dir, subprocess.Popen(["true"]), open(os.devnull)))  # noqa: SIM115
+            continue
+        command = [
+            sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
+            "--base-model", str(base_dir), "--config-json", stage_json(cfg, method),
+            "--out-dir", str(out_dir), "--threads", str(threads),
+        ]  # fmt: skip
+        log = open(out_dir / "train.log", "w")  # noqa: SIM115 (closed after the job)
+        jobs.append((method, out_dir, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
+        if not args.parallel:
+            jobs[-1][2].wait()
+    failed = 0
+    for method, out_dir, job, log in jobs:
+        code = job.wait()
+        log.close()
+        if code:
+            print(f"{method}: exit {code}, see {out_dir / 'train.log'}")
+            failed += 1
+        else:
+            print(summary(method, out_dir))
+    if args.evaluate and not failed:
+        root = Path("results/bench/learning")
+        tables = {"base": evaluate(cfg, "base", base_dir, None, root / "base")}
+        for method, out_dir, _, _ in jobs:
+            tables[method] = evaluate(
+                cfg, method, base_dir, out_dir / "weights.safetensors", out_dir / "eval"
+            )
+        print(test_gains(cfg, tables))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
