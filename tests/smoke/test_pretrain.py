@@ -12,8 +12,7 @@ from pipeline import pretrain
 from pipeline.checkpoint import load_checkpoint
 from pipeline.model_card import cut_short_warning
 from pipeline.models.mini import MiniPolicy, load_mini
-from pipeline.time_guard import TimeGuard
-from tests.smoke.tiny import TINY_MINI
+from tests.smoke.tiny import TINY_MINI, guard_tripping_after
 
 PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
 
@@ -180,21 +179,6 @@ def test_pretraining_is_bit_reproducible_and_a_resumed_run_equals_an_uninterrupt
     assert torch.are_deterministic_algorithms_enabled() is False  # the stage restores the global switch
 
 
-class GuardTrippingAfterThree(TimeGuard):
-    """The time guard of a machine that runs out of time after three steps."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.units = 0
-
-    def end_unit(self) -> None:
-        super().end_unit()
-        self.units += 1
-
-    def would_exceed(self) -> bool:
-        return self.units >= 3
-
-
 @pytest.mark.parametrize("action", ["fail", "stop"])
 def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatch, action):
     split = tmp_path / "train.parquet"
@@ -205,7 +189,7 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
     steps = {"steps": 6, "batch_size": 2, "checkpoint_every": 6, "on_time_limit": action, "max_minutes": 2.0}
     config = {"pretrain": steps, "mini": TINY_MINI}
     args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
-    monkeypatch.setattr(pretrain, "TimeGuard", GuardTrippingAfterThree)
+    monkeypatch.setattr(pretrain, "TimeGuard", guard_tripping_after(3))
     if action == "fail":
         with pytest.raises(SystemExit, match=r"pretrain.max_minutes = 2 min: 3 of 6 steps done"):
             pretrain.main(args)

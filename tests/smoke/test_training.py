@@ -21,7 +21,7 @@ from pipeline.rl import trainer
 from pipeline.rl.trainer import run_iteration
 from pipeline.time_guard import TimeGuard
 from tests.conftest import REPO
-from tests.smoke.tiny import tiny_mini_dir, train_config_json
+from tests.smoke.tiny import guard_tripping_after, tiny_mini_dir, train_config_json
 
 
 @pytest.fixture(scope="module")
@@ -210,25 +210,10 @@ def test_checkpoint_refuses_non_finite_weights_and_keeps_the_previous(tmp_path):
     assert state["iteration"] == 1 and torch.equal(restored["w"], torch.ones(3))
 
 
-class GuardTrippingAfterTwo(TimeGuard):
-    """The time guard of a machine that runs out of time after two iterations."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.units = 0
-
-    def end_unit(self) -> None:
-        super().end_unit()
-        self.units += 1
-
-    def would_exceed(self) -> bool:
-        return self.units >= 2
-
-
 def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
     config_json = train_config_json(iterations=4, checkpoint_every=4, on_time_limit="fail", max_minutes=8.0)
-    monkeypatch.setattr(train, "TimeGuard", GuardTrippingAfterTwo)
+    monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
     with pytest.raises(SystemExit, match=r"time guard train.max_minutes = 8 min: 2 of 4 iterations done"):
         train.main(_train_args(tmp_path, train_split, config_json))
     state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
@@ -244,7 +229,7 @@ def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, trai
 def test_time_guard_stop_marks_the_run_cut_short(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
     config_json = train_config_json(iterations=4, on_time_limit="stop", max_minutes=3.0)
-    monkeypatch.setattr(train, "TimeGuard", GuardTrippingAfterTwo)
+    monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
     assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
     assert (info["iterations"], info["iterations_configured"], info["cut_short"]) == (2, 4, True)

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline import config
 from pipeline.models.mini import MiniConfig, MiniModel, save_mini
+from pipeline.time_guard import TimeGuard
 from tests.conftest import REPO
 
 TINY_MINI = {"d_model": 32, "text_layers": 1, "block_out_channels": [16, 32, 32], "position_map_channels": 4}
@@ -49,3 +50,22 @@ def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
             "model": dataclasses.asdict(cfg.model),
         }
     )
+
+
+def guard_tripping_after(units: int) -> type[TimeGuard]:
+    """A :class:`TimeGuard` that runs out of time after ``units`` steps or iterations, as on
+    a machine far slower than the configured counts assume."""
+
+    class TrippingGuard(TimeGuard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.units = 0
+
+        def end_unit(self) -> None:
+            super().end_unit()
+            self.units += 1
+
+        def would_exceed(self) -> bool:
+            return self.units >= units
+
+    return TrippingGuard

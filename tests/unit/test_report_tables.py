@@ -1,5 +1,6 @@
 """The report's headline: change cells marked beyond two standard errors, a reason where a
-trend cannot be fitted, and a warning for every stage cut short or an illegible base model."""
+trend cannot be fitted, a warning for every stage cut short or an illegible base model, the
+mixed reward per image and the views across training seeds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import math
 
 import pandas as pd
 
-from pipeline.report import format_change, headline_table, trend_table, warnings_for
+from pipeline.report import (
+    format_change,
+    headline_table,
+    per_image_table,
+    seed_mean_curve,
+    seed_summary,
+    trend_table,
+    warnings_for,
+)
 
 
 def test_format_change_marks_changes_beyond_two_standard_errors():
@@ -63,3 +72,63 @@ def test_warnings_name_every_stage_cut_short_and_an_illegible_base():
     assert "The base model is illegible: test OCR reward 0.000" in warnings[2]
     fine = pd.DataFrame({"model": ["base"], "ocr": [0.5]})
     assert warnings_for(raw, fine, {"m": {"iterations": 40}}, {"steps": 250}) == []
+
+
+def test_mixed_reward_per_image_uses_the_training_weights():
+    rewards = pd.DataFrame(
+        {
+            "model": "base",
+            "line_id": [0, 0, 0],
+            "seed": 0,
+            "reward": ["ocr", "color", "quality"],
+            "score": [0.5, 0.25, 4.0],
+        }
+    )
+    images = per_image_table(rewards, {"ocr": 1.0, "color": 1.0, "quality": 0.1})
+    assert images["mixed"].iloc[0] == 0.5 + 0.25 + 0.4
+    assert "mixed" not in per_image_table(rewards, {"ocr": 1.0, "pickscore": 1.0})  # pickscore not scored
+
+
+def test_seed_mean_curve_averages_seeds_with_their_standard_error():
+    runs = [
+        pd.DataFrame({"iteration": [0, 1, 2], "ocr_mean": [1.0] * 3, "nfe_cumulative": [10, 20, 30]}),
+        pd.DataFrame({"iteration": [0, 1, 2], "ocr_mean": [3.0] * 3, "nfe_cumulative": [12, 22, 32]}),
+    ]
+    curve = seed_mean_curve(runs, "ocr_mean")
+    assert curve["mean"].tolist() == [2.0] * 3 and curve["nfe"].tolist() == [11.0, 21.0, 31.0]
+    assert curve["se"].tolist() == [1.0] * 3  # std([1, 3]) = sqrt(2), over sqrt(2 seeds)
+    assert seed_mean_curve(runs[:1], "ocr_mean")["se"].isna().all()  # one seed: no band
+
+
+def test_seed_summary_marks_a_single_runs_own_error():
+    methods = pd.DataFrame(
+        [
+            {
+                "method": "flow_grpo",
+                "seeds": 1,
+                "mixed_gain": 0.149,
+                "mixed_gain_se": 0.025,
+                "mixed_gain_se_source": "one run",
+                "nfe_to_target": float("nan"),
+                "nfe_to_target_se": float("nan"),
+                "nfe_to_target_se_source": "none",
+                "reached": 0,
+            },
+            {
+                "method": "multi_grpo",
+                "seeds": 3,
+                "mixed_gain": 0.05,
+                "mixed_gain_se": 0.04,
+                "mixed_gain_se_source": "seeds",
+                "nfe_to_target": 12000.0,
+                "nfe_to_target_se": 800.0,
+                "nfe_to_target_se_source": "seeds",
+                "reached": 2,
+            },
+        ]
+    )
+    table = seed_summary(methods, []).set_index("method")
+    assert table.loc["flow_grpo", "test mixed gain"] == "+0.149 ± 0.025 ▲ (1 run)"
+    assert table.loc["flow_grpo", "NFE to the reference's final reward"] == "not reached"
+    assert table.loc["multi_grpo", "test mixed gain"] == "+0.050 ± 0.040"
+    assert table.loc["multi_grpo", "NFE to the reference's final reward"] == "12,000 ± 800 (2 of 3 seeds)"
