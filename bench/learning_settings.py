@@ -12,16 +12,16 @@ a line fitted to the rollouts' per-iteration mean rewards over the run with its 
 error (the report's trend), and the fixed probe batch's rewards before and after training.
 ``--parallel`` trains the methods at once, the threads split between them. ``--evaluate``
 then samples the test split with every trained method and the base model exactly as the
-study's ``sample_eval`` and ``score`` stages do (the base model's once, kept in
-``results/bench/learning/base``) and prints each method's test gain over the base model,
-paired per prompt (mean ± standard error), for the mixed reward and each reward.
+study's ``sample_eval`` and ``score`` stages do (the base model's once per pretraining and
+evaluation config, kept in ``results/bench/learning/base-<hash>``) and prints each method's
+test gain over the base model, paired per prompt (mean ± standard error), for the mixed
+reward and each reward.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +108,7 @@ def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path |
     return rewards
 
 
-def test_gains(cfg: config.StudyConfig, tables: dict[str, Path]) -> str:
+def paired_gains(cfg: config.StudyConfig, tables: dict[str, Path]) -> str:
     """Each trained method's paired test gain over ``base`` for the mixed reward and each reward."""
     rewards = pd.concat([pd.read_parquet(path).assign(model=model) for model, path in tables.items()])
     paired = paired_table(per_image_table(rewards, dict(cfg.train.reward_weights)))
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path("results/bench/learning") / args.label / method
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.reuse and (out_dir / "weights.safetensors").is_file():
-            jobs.append((method, out_dir, subprocess.Popen(["true"]), open(os.devnull)))  # noqa: SIM115
+            jobs.append((method, out_dir, None, None))
             continue
         command = [
             sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs[-1][2].wait()
     failed = 0
     for method, out_dir, job, log in jobs:
-        code = job.wait()
-        log.close()
+        code = job.wait() if job else 0
+        if log:
+            log.close()
         if code:
             print(f"{method}: exit {code}, see {out_dir / 'train.log'}")
             failed += 1
@@ -172,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(method, out_dir))
     if args.evaluate and not failed:
         root = Path("results/bench/learning")
-        tables = {"base": evaluate(cfg, "base", base_dir, None, root / "base")}
+        # The base model's evaluation, kept per pretraining and evaluation config.
+        base_key = config.config_hash(
+            {k: dataclasses.asdict(v) for k, v in (("pretrain", cfg.pretrain), ("model", cfg.model))}
+            | {"sampling": dataclasses.asdict(cfg.sampling), "evaluation": dataclasses.asdict(cfg.evaluation)}
+        )
+        tables = {"base": evaluate(cfg, "base", base_dir, None, root / f"base-{base_key[:12]}")}
         for method, out_dir, _, _ in jobs:
             tables[method] = evaluate(
                 cfg, method, base_dir, out_dir / "weights.safetensors", out_dir / "eval"
             )
-        print(test_gains(cfg, tables))
+        print(paired_gains(cfg, tables))
     return 1 if failed else 0
 
 

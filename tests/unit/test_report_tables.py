@@ -82,6 +82,9 @@ def test_mixed_reward_per_image_uses_the_training_weights():
             "seed": 0,
             "reward": ["ocr", "color", "quality"],
             "score": [0.5, 0.25, 4.0],
+            "ocr_exact": [False, None, None],
+            "color": ["red", "red", "red"],
+            "color_pred": [None, "blue", None],
         }
     )
     images = per_image_table(rewards, {"ocr": 1.0, "color": 1.0, "quality": 0.1})
