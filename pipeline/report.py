@@ -167,12 +167,12 @@ def trend_table(stability: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
     methods optimise): the change of a line fitted to the rollouts' per-iteration means over
     the run, ± its standard error (:func:`format_change`), or the reason there is none."""
     rows = []
-    for _, method_row in stability.iterrows():
-        row = {"run": method_row["run"], "iterations": int(method_row["iterations"])}
+    for _, run_row in stability.iterrows():
+        row = {"run": run_row["run"], "iterations": int(run_row["iterations"])}
         for name in ["mixed", *rewards]:
-            if f"{name}_trend" not in method_row:
+            if f"{name}_trend" not in run_row:
                 continue
-            cell = format_change(method_row[f"{name}_trend"], method_row[f"{name}_trend_se"])
+            cell = format_change(run_row[f"{name}_trend"], run_row[f"{name}_trend_se"])
             row[REWARD_LABELS.get(name, "mixed reward")] = cell or "too few iterations (a trend needs 3)"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summary_table(images, infos)
         paired = paired_table(images) if "base" in set(images.model) else pd.DataFrame()
         stability = stability_table(metrics, probes, reward_names)
-        reference = raw["report"].get("reference_method", "flow_grpo")
+        reference = raw["report"]["reference_method"]
         runs = run_table(paired, stability, metrics, weights, reference) if metrics else pd.DataFrame()
         methods = method_table(runs) if len(runs) else pd.DataFrame()
         seed_verdict = verdict(methods, reference) if len(methods) else ""

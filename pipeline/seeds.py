@@ -94,20 +94,11 @@ def run_table(
     return pd.DataFrame(rows)
 
 
-# Per-method figures: (run-table column, its within-run SE column or None, higher is better).
-FIGURES = {
-    "mixed_gain": ("mixed_gain_se", True),
-    "worst_gain": (None, True),
-    "trend": ("trend_se", True),
-    "nfe_to_target": (None, False),
-}
-
-
 def method_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: seeds, then for each run-table figure (every ``*_gain`` and
-    :data:`FIGURES`) the mean across seeds, its standard error (``_se``) and where that error
-    comes from (``_se_source``: ``seeds``, or ``one run``). ``nfe_to_target`` averages the
-    seeds that reached the target; ``reached`` counts them."""
+    """One row per method: seeds, then for each run-table figure (every ``*_gain``,
+    ``worst_gain``, ``trend`` and ``nfe_to_target``) the mean across seeds, its standard error
+    (``_se``) and where that error comes from (``_se_source``: ``seeds``, or ``one run``).
+    ``nfe_to_target`` averages the seeds that reached the target; ``reached`` counts them."""
     figures = [c for c in runs.columns if c.endswith("_gain") and c != "worst_gain"]
     figures += [c for c in ("worst_gain", "trend", "nfe_to_target") if c in runs]
     rows = []

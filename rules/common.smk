@@ -161,9 +161,13 @@ def stage_params(*path):
 
 
 def json_params(**slices):
-    """Canonical JSON of several config slices, e.g. ``json_params(pretrain=CFG.pretrain)``."""
+    """Canonical JSON of several config slices (dataclasses or plain dicts), e.g.
+    ``json_params(pretrain=CFG.pretrain)``."""
     return study_config.canonical_json(
-        {k: dataclasses.asdict(v) for k, v in slices.items()}
+        {
+            k: v if isinstance(v, dict) else dataclasses.asdict(v)
+            for k, v in slices.items()
+        }
     )
 
 
@@ -199,8 +203,6 @@ def base_model_files(wildcards):
 def run_train_config(seed):
     """The train config of one training run: ``seed`` set, the study's seed list left out (so
     that adding a seed reruns no existing run)."""
-    import dataclasses
-
     train = dataclasses.asdict(dataclasses.replace(CFG.train, seed=int(seed)))
     train.pop("seeds")
     return train
@@ -208,14 +210,12 @@ def run_train_config(seed):
 
 def method_params(wildcards):
     """Canonical JSON of everything one training run reads from the config."""
-    return study_config.canonical_json(
-        {
-            "train": run_train_config(wildcards.seed),
-            "method": dataclasses.asdict(CFG.methods[wildcards.method]),
-            "sampling": dataclasses.asdict(CFG.sampling),
-            "rewards": dataclasses.asdict(CFG.rewards),
-            "model": dataclasses.asdict(CFG.model),
-        }
+    return json_params(
+        train=run_train_config(wildcards.seed),
+        method=CFG.methods[wildcards.method],
+        sampling=CFG.sampling,
+        rewards=CFG.rewards,
+        model=CFG.model,
     )
 
 
@@ -248,11 +248,12 @@ def eval_params(wildcards):
         return json_params(
             sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation
         )
-    settings = json.loads(
-        json_params(sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation)
+    return json_params(
+        sampling=CFG.sampling,
+        model=CFG.model,
+        evaluation=CFG.evaluation,
+        train=run_train_config(RUNS[wildcards.model][1]),
     )
-    settings["train"] = run_train_config(RUNS[wildcards.model][1])
-    return study_config.canonical_json(settings)
 
 
 def report_inputs(wildcards):
