@@ -32,7 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config  # noqa: E402
-from pipeline.report import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
+from pipeline.report_tables import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
 
 REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "quality": "quality_mean"}
 

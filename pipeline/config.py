@@ -229,10 +229,15 @@ class TrainConfig:
     # halves the cost). Evaluation uses sampling.guidance.
     guidance: float = 1.0
     train_last_step: bool = False
-    # Share of the trainable edges (random, reseeded each iteration) that get a loss term:
-    # Flow-GRPO's timestep_fraction, over edges so that it applies to trees too. Below 1 it
-    # buys more prompts per iteration for the same training compute.
+    # Share of the trainable edges (random, reseeded each iteration) that get a loss term: a
+    # DanceGRPO-style random subset, drawn over edges so that it applies to trees too (Flow-GRPO's
+    # timestep_fraction trains every step but the last). Below 1 it buys more prompts per
+    # iteration for the same training compute.
     edge_fraction: float = 1.0
+    # Loss weight of a trained edge (pipeline.rl.credit): leaves = the leaves below it over the
+    # prompt's leaves (the per-trajectory objective: a tree's shared early edges count for every
+    # trajectory through them); uniform = every edge once. The same for flat groups.
+    edge_weighting: str = "leaves"
     # Rollout steps 0 .. sde_steps - 1 are SDE and trained; later ones are ODE and not
     # trained (0 = every step SDE, as Flow-GRPO). A window at the start, where the layout
     # is decided, keeps late-step noise out of the reward and its small-std steps, whose
@@ -245,8 +250,8 @@ class TrainConfig:
     # a training-reward curve free of the per-iteration prompt draw (0 prompts = off).
     probe_prompts: int = 16
     probe_every: int = 4
-    # Guidance of the probe's ODE samples (null = the rollouts' guidance); the evaluation's
-    # guidance shows during training what the test split will see when rollouts run without CFG.
+    # Guidance of the probe's ODE samples (null = the evaluation's, sampling.guidance); the probe
+    # samples with the evaluation's steps (sampling.eval_steps), so it previews the test split.
     probe_guidance: float | None = None
     # Training seeds of the study: every method trains once per seed, each its own job
     # (rule train, wildcard seed), and the report compares methods across seeds.
@@ -273,6 +278,23 @@ class TrainConfig:
     # Reward weights, shared by every method. Default: each reward's nominal range counts
     # once (ocr and color are 0..1, quality is 0..10).
     reward_weights: dict = field(default_factory=lambda: {"ocr": 1.0, "color": 1.0, "quality": 0.1})
+    # Weights on the per-reward z-scores of normalize_then_mix methods (null = 1 for every
+    # reward that reward_weights trains: each reward's spread counts once).
+    z_weights: dict | None = None
+    # Per reward, the smallest within-group std a normalize_then_mix method divides by (in the
+    # reward's units), so that a near-constant reward is not blown up to +-1 (0 = no floor).
+    std_floor: dict = field(default_factory=dict)
+
+    def advantage_z_weights(self) -> dict[str, float]:
+        """``z_weights``, or 1 for every reward with a non-zero ``reward_weights`` entry."""
+        if self.z_weights is not None:
+            return dict(self.z_weights)
+        return {name: 1.0 for name, weight in self.reward_weights.items() if weight != 0}
+
+    def trained_rewards(self) -> list[str]:
+        """The rewards a training run scores: non-zero in ``reward_weights`` or ``z_weights``."""
+        names = [n for n, w in self.reward_weights.items() if w != 0]
+        return names + [n for n, w in self.advantage_z_weights().items() if w != 0 and n not in names]
 
 
 @dataclass(frozen=True)
@@ -299,6 +321,10 @@ class EvaluationConfig:
     # An undecodable image file fails the score stage (naming row and file) instead of
     # getting a missing score with the reason "unreadable: ...".
     strict_images: bool = False
+    # Equal-NFE comparison: every method without a tree is also evaluated at its training
+    # snapshot whose cumulative NFE is nearest this (tree) method's final NFE, per seed
+    # (null = off).
+    equal_nfe_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,9 +332,13 @@ class ReportConfig:
     # Prompts shown in the image grids (same prompts and seed across models).
     grid_prompts: int = 8
     title: str = "Multi-GRPO study"
-    # The method the others are compared with across seeds (NFE to reach its final training
-    # reward, and the verdict line).
+    # The method the others are compared with across seeds (paired differences of the
+    # balanced gain B and the worst reward W, with the 2x2 effects).
     reference_method: str = "flow_grpo"
+    # Two-sided level of every test of the verdict (Holm across them), and the fewest training
+    # seeds per method that a verdict needs (below it: the minimum detectable effect only).
+    alpha: float = 0.05
+    min_seeds: int = 3
 
 
 @dataclass(frozen=True)
@@ -453,7 +483,6 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
     cfg = dataclasses.replace(cfg, methods=methods)
     if "methods" in raw and not methods:  # absent: a curation-only study (configs/flow_grpo_ocr_test.yaml)
         raise ConfigError(f"{source}: config key 'methods' is empty: the study would train nothing")
-    _check_study(cfg, source)
     if cfg.train.sde_steps > cfg.sampling.train_steps:
         raise ConfigError(
             f"{source}: config key 'train.sde_steps' ({cfg.train.sde_steps}) is more than "
@@ -461,6 +490,7 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
         )
     for name, method in methods.items():
         _check_method(name, method, cfg.sampling.train_steps, cfg.train.sde_steps, source)
+    _check_study(cfg, source)
     if check_paths:
         for key, path in input_paths(cfg).items():
             if not Path(path).is_file():
@@ -489,6 +519,17 @@ def _check_study(cfg: StudyConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: config key 'train.gpus' ({train.gpus}) must divide "
             f"train.prompts_per_iteration ({train.prompts_per_iteration}): every GPU samples an equal share"
+        )
+    if train.z_weights is not None and not any(weight != 0 for weight in train.z_weights.values()):
+        raise ConfigError(
+            f"{source}: config key 'train.z_weights': every weight is 0 ({dict(train.z_weights)}), "
+            "so normalize_then_mix methods have no reward (null = 1 for every trained reward)"
+        )
+    reference = cfg.evaluation.equal_nfe_reference
+    if reference is not None and reference not in cfg.methods:
+        raise ConfigError(
+            f"{source}: config key 'evaluation.equal_nfe_reference': {reference!r} is not a method "
+            f"of this study ({', '.join(cfg.methods)})"
         )
     if not any(weight != 0 for weight in train.reward_weights.values()):
         raise ConfigError(
@@ -545,7 +586,7 @@ def input_paths(cfg: StudyConfig) -> dict[str, str]:
 def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     """Every local model folder the config needs, by key path."""
     dirs = {}
-    if "pickscore" in cfg.rewards.score or cfg.train.reward_weights.get("pickscore", 0) != 0:
+    if "pickscore" in cfg.rewards.score or "pickscore" in cfg.train.trained_rewards():
         dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
     if cfg.model.backend in ("sd3", "flux"):
         dirs["model.path"] = cfg.model.path or ""

@@ -1,13 +1,16 @@
 """Stage ``base_model_card``: evaluate the pretrained mini base model and write its card.
 
     python -m pipeline.model_card --model-dir DIR/model --train-info DIR/train_info.json \
-        --test test.parquet [--vocab vocab.json] --config-json '{...}' --out-dir DIR/card
+        --test test.parquet --samples eval/base/samples.parquet --rewards eval/base/rewards.parquet \
+        [--vocab vocab.json] --config-json '{...}' --out-dir DIR/card
 
-Scores the base model with the study's evaluation sampler (ODE, the study's evaluation steps
-and guidance) on the whole test split — OCR reward and exact match, colour reward and
-accuracy, quality — split by seen and held-out words where the vocabulary is given, and
-measures what RL will have to work with: SDE groups (the study's training sampler, several
-samples per prompt) and their mean within-group reward std and share of groups with spread.
+Reports the base model's test-split scores from its evaluation (the ``sample_eval`` and
+``score`` stages' outputs for the model ``base``: the evaluation's ODE sampler, not sampled
+again here) — OCR reward and exact match, colour reward and accuracy, quality — split by seen
+and held-out words where the vocabulary is given, and measures what RL will have to work with:
+SDE groups under the training sampler (the rollouts' steps, noise, guidance and SDE window,
+several samples per prompt), with each reward's mean within-group std (the unit of the
+report's standardised gains) and share of groups with spread.
 Writes ``README.md`` (the card), ``figures.json`` and ``samples.png``.
 """
 
@@ -24,8 +27,9 @@ from PIL import Image
 
 from pipeline import io, tracking
 from pipeline.config import CardConfig, RewardsConfig, SamplingConfig
-from pipeline.evaluation import group_spread, image_grid, ode_samples, score_images
+from pipeline.evaluation import group_spread, image_grid, score_images
 from pipeline.models.mini import MiniPolicy, load_mini
+from pipeline.report_tables import per_image_table
 from pipeline.rewards import build_rewards
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.tree import sample_tree
@@ -36,34 +40,48 @@ def summarise(scores: pd.DataFrame) -> dict[str, float]:
     return {column: round(float(scores[column].mean()), 4) for column in scores.columns}
 
 
-def evaluate(
+def test_figures(samples: pd.DataFrame, rewards: pd.DataFrame, heldout: set[str]) -> dict:
+    """The base model's evaluation scores (first evaluation seed), summarised like the card's
+    tables, split by seen and held-out words when ``heldout`` is given."""
+    seed = samples.seed.min()
+    images = per_image_table(rewards.assign(model="base"))
+    images = images[images.seed == seed].rename(columns={"color_accuracy": "color_correct"})
+    columns = [
+        c for c in ("ocr", "ocr_exact", "color", "color_correct", "quality", "pickscore") if c in images
+    ]
+    texts = samples[samples.seed == seed].set_index("line_id")["text"]
+    scores = images.set_index("line_id")[columns]
+    figures = {"test_ode": summarise(scores), "test_prompts": len(scores)}
+    if heldout:
+        unseen = texts.reindex(scores.index).isin(heldout).to_numpy()
+        figures["test_ode_seen_words"] = summarise(scores[~unseen])
+        figures["test_ode_heldout_words"] = summarise(scores[unseen]) if unseen.any() else {}
+    return figures
+
+
+def group_figures(
     policy: MiniPolicy,
     test: pd.DataFrame,
     sampling: SamplingConfig,
     card: CardConfig,
     rewards_cfg: RewardsConfig,
-    heldout: set[str],
-) -> tuple[dict, np.ndarray]:
+    rollout: dict,
+) -> dict:
+    """SDE groups of the first test prompts under the training sampler (``rollout``: the
+    rollouts' ``guidance`` and ``sde_steps``): each reward's mean, mean within-group std and
+    share of groups with spread."""
     rewards = build_rewards(list(rewards_cfg.score), rewards_cfg.settings())
     prompts, texts, colors = list(test.prompt), list(test.text), list(test.color)
-    rollout = ode_samples(
-        policy, prompts, sampling.eval_steps, sampling.guidance, card.seed, sampling.max_batch, sampling.shift
-    )
-    scores = score_images(rewards, rollout.images, prompts, texts, colors)
-    figures = {"test_ode": summarise(scores), "test_prompts": len(prompts)}
-    if heldout:
-        unseen = test.text.isin(heldout).to_numpy()
-        figures["test_ode_seen_words"] = summarise(scores[~unseen])
-        figures["test_ode_heldout_words"] = summarise(scores[unseen]) if unseen.any() else {}
-
     n = min(card.group_prompts, len(test))
-    schedule = TreeSchedule(num_steps=sampling.train_steps, roots=card.group_size, between="sde")
+    schedule = TreeSchedule(
+        num_steps=sampling.train_steps, roots=card.group_size, between="sde", sde_steps=rollout["sde_steps"]
+    )
     groups = sample_tree(
         policy,
         prompts[:n],
         schedule,
         flow_sigmas(sampling.train_steps, sampling.shift),
-        guidance=sampling.guidance,
+        guidance=rollout["guidance"],
         noise_level=sampling.noise_level,
         sde_type=sampling.sde_type,
         max_batch=sampling.max_batch,
@@ -77,13 +95,20 @@ def evaluate(
         [texts[i] for i in prompt_of_leaf],
         [colors[i] for i in prompt_of_leaf],
     )
-    figures["sde_groups"] = {
+    return {
         "prompts": n,
         "group_size": card.group_size,
+        "guidance": rollout["guidance"],
+        "sde_steps": rollout["sde_steps"],
         **summarise(group_scores),
         **group_spread(group_scores, prompt_of_leaf, list(rewards)),
     }
-    return figures, rollout.images
+
+
+def first_images(samples: pd.DataFrame, root: Path, count: int) -> np.ndarray:
+    """uint8 ``[count, H, W, 3]``: the first evaluation images of the first seed."""
+    rows = samples[samples.seed == samples.seed.min()].head(count)
+    return np.stack([np.asarray(Image.open(root / path).convert("RGB")) for path in rows.image_path])
 
 
 CARD = """# Mini base model
@@ -118,8 +143,9 @@ competing backgrounds): **{steps} steps in {minutes:.1f} min** on this machine.{
 
 ## SDE groups: what RL sees
 
-{train_steps} steps, noise level {noise_level}, guidance {guidance}, {group_size} samples for
-each of {group_prompts} prompts.
+The training sampler: {train_steps} steps, noise level {noise_level}, guidance
+{rollout_guidance}, {sde_window}; {group_size} samples for each of {group_prompts} prompts. The
+mean within-group std of each reward is the unit of the report's standardised gains.
 
 | reward | mean | mean within-group std | groups with spread |
 |---|---|---|---|
@@ -204,6 +230,12 @@ def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
         test_rows="\n".join(test_rows),
         train_steps=sampling.train_steps,
         noise_level=sampling.noise_level,
+        rollout_guidance=groups["guidance"],
+        sde_window=(
+            f"SDE on steps 0-{groups['sde_steps'] - 1}, ODE after"
+            if groups["sde_steps"]
+            else "SDE on every step"
+        ),
         group_size=groups["group_size"],
         group_prompts=groups["prompts"],
         group_rows="\n".join(group_rows),
@@ -215,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--train-info", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
+    parser.add_argument("--samples", type=Path, required=True, help="the base model's samples.parquet")
+    parser.add_argument("--rewards", type=Path, required=True, help="the base model's rewards.parquet")
     parser.add_argument("--vocab", type=Path, default=None)
     parser.add_argument("--config-json", required=True, help='{"sampling": ..., "rewards": ..., "card": ...}')
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -233,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     heldout = set(json.loads(args.vocab.read_text())["heldout_words"]) if args.vocab else set()
     policy = MiniPolicy(load_mini(args.model_dir), trainable=False)
     with tracking.stage_run(args, raw) as run:
-        figures, images = evaluate(policy, pd.read_parquet(args.test), sampling, card, rewards_cfg, heldout)
+        samples = pd.read_parquet(args.samples)
+        figures = test_figures(samples, pd.read_parquet(args.rewards), heldout)
+        figures["sde_groups"] = group_figures(
+            policy, pd.read_parquet(args.test), sampling, card, rewards_cfg, raw["rollout"]
+        )
         figures |= {
             "train_steps": info["steps"],
             "train_seconds": info["train_seconds"],
@@ -241,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         io.write_json(args.out_dir / "figures.json", figures)
         with io.atomic_path(args.out_dir / "samples.png") as tmp:
-            Image.fromarray(image_grid(images[:16], 2)).save(tmp, format="png")
+            Image.fromarray(image_grid(first_images(samples, args.samples.parent, 16), 2)).save(
+                tmp, format="png"
+            )
         io.write_text(args.out_dir / "README.md", render_card(figures, info, sampling))
         run.log_metrics(
             {f"test_{k}": v for k, v in figures["test_ode"].items()}

@@ -7,7 +7,13 @@ ODE sampling (no noise) with the configured evaluation steps and guidance and fi
 image per (test prompt, seed): the same prompts and seeds for every model, so images can be
 compared across methods. Writes ``images/<line_id>_<seed>.png`` and ``samples.parquet``
 (``image_path`` relative to the samples file, ``prompt``, ``text``, ``color``, ``line_id``,
-``seed``, ``model``).
+``seed``, ``model``, ``nfe`` per image, and the ``training_nfe`` and ``iteration`` of the
+weights).
+
+Equal-NFE evaluation: with ``--snapshots DIR --own-metrics M.parquet --match-nfe-of R.parquet``
+instead of ``--weights``, the weights are the run's snapshot (``DIR/iteration_NNNN.safetensors``)
+whose cumulative training NFE (``M``) is nearest the final cumulative NFE of another run
+(``R``, a tree method's): the methods then compare at equal compute.
 """
 
 from __future__ import annotations
@@ -42,11 +48,37 @@ def load_trained(policy, weights: Path) -> None:
             params[name].copy_(value)
 
 
+def nearest_snapshot(cumulative_nfe: dict[int, float], snapshots: list[int], target: float) -> int:
+    """The snapshot iteration (of ``snapshots``) whose cumulative NFE after that many
+    iterations (``cumulative_nfe``: iterations done -> NFE) is nearest ``target``; the earlier
+    one on a tie."""
+    usable = [i for i in sorted(snapshots) if i in cumulative_nfe]
+    if not usable:
+        raise ValueError(f"no snapshot among {sorted(snapshots)} has a recorded cumulative NFE")
+    return min(usable, key=lambda i: abs(cumulative_nfe[i] - target))
+
+
+def equal_nfe_weights(snapshots: Path, own_metrics: Path, reference_metrics: Path) -> tuple[Path, int, float]:
+    """The snapshot file of :func:`nearest_snapshot`, its iteration and its cumulative NFE."""
+    own = pd.read_parquet(own_metrics)
+    cumulative = dict(zip(own["iteration"].astype(int) + 1, own["nfe_cumulative"].astype(float), strict=True))
+    target = float(pd.read_parquet(reference_metrics)["nfe_cumulative"].iloc[-1])
+    files = {int(p.stem.removeprefix("iteration_")): p for p in snapshots.glob("iteration_*.safetensors")}
+    try:
+        chosen = nearest_snapshot(cumulative, list(files), target)
+    except ValueError as error:
+        raise SystemExit(f"--snapshots {snapshots}: {error}") from error
+    return files[chosen], chosen, cumulative[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="'base' or the method name (recorded)")
     parser.add_argument("--base-model", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None, help="a method's weights.safetensors")
+    parser.add_argument("--snapshots", type=Path, default=None, help="a run's snapshots/ (equal NFE)")
+    parser.add_argument("--own-metrics", type=Path, default=None, help="that run's metrics.parquet")
+    parser.add_argument("--match-nfe-of", type=Path, default=None, help="the metrics.parquet to match")
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--config-json", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -60,7 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = raw.get("train", {})
+    iteration, training_nfe = train.get("iterations", 0), float("nan")
+    if args.snapshots is not None:
+        if args.own_metrics is None or args.match_nfe_of is None:
+            raise SystemExit("--snapshots needs --own-metrics and --match-nfe-of")
+        args.weights, iteration, training_nfe = equal_nfe_weights(
+            args.snapshots, args.own_metrics, args.match_nfe_of
+        )
+        print(f"{args.model}: snapshot after {iteration} iterations, {training_nfe:.0f} training NFE")
     trained = args.weights is not None
+    if not trained:
+        iteration = 0
     policy = load_policy(
         model["backend"],
         args.base_model,
@@ -103,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         "seed": seed,
                         "model": args.model,
                         "nfe": rollout.nfe / len(test),
+                        "iteration": iteration,
+                        "training_nfe": training_nfe,
                     }
                 )
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)

@@ -11,7 +11,9 @@ iteration: every reward's mean and std, advantage statistics, zero-variance shar
 fraction, ratio mean, KL, loss, cumulative NFE, wall time), ``probe.parquet`` (rewards of a
 fixed prompt batch, ODE-sampled every ``probe_every`` iterations; empty when probing is off),
 ``weights.safetensors`` (the
-trained parameters: LoRA adapter or denoiser) and ``train_info.json``.
+trained parameters: LoRA adapter or denoiser), ``snapshots/`` (the same weights after every
+``checkpoint_every`` iterations, ``iteration_NNNN.safetensors``, for the equal-NFE
+evaluation) and ``train_info.json``.
 
 A checkpoint is written every ``checkpoint_every`` iterations; a rerun after an interruption
 (kill -9 included) resumes from it and finishes the configured iterations. A NaN or infinite
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,6 +86,9 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
         edge_fraction=train.edge_fraction,
         seed=train.seed,
         reward_weights=dict(train.reward_weights),
+        z_weights=train.advantage_z_weights(),
+        std_floor=dict(train.std_floor),
+        edge_weighting=train.edge_weighting,
         mixed_precision=train.mixed_precision,
         kl_units=train.kl_units,
     )
@@ -102,7 +108,7 @@ def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
 def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks = SINGLE) -> dict:
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
     cfg = TrainConfig(**raw["train"])
-    names = [n for n, weight in cfg.reward_weights.items() if weight != 0]
+    names = cfg.trained_rewards()
     reward_settings = RewardsConfig().settings() | raw["rewards"]
     scorer = LeafScorer(build_rewards(names, reward_settings), cfg.score_workers, reward_settings)
     try:
@@ -135,19 +141,22 @@ def _train_loop(
             print(f"resuming at iteration {start}")
     elif checkpoint_dir.exists() and ranks.is_main:
         print("checkpoint from another config: starting afresh")
+    if ranks.is_main:
+        drop_snapshots_after(snapshot_store(checkpoint_dir), start)
     began = time.perf_counter() - elapsed
     guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "train.max_minutes")
     cumulative = history[-1]["nfe_cumulative"] if history else 0
     # Rank 0 probes alone (the others wait for it at the next collective).
     probing = cfg.probe_prompts > 0 and ranks.is_main
     probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if probing else None
-    probe_settings = dataclasses.replace(settings, guidance=cfg.probe_guidance or settings.guidance)
+    # The probe previews the test split: the evaluation's guidance and steps.
+    probe_settings = dataclasses.replace(settings, guidance=cfg.probe_guidance or sampling.guidance)
 
     def probe_now(updates: int) -> None:
         """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
         if probe_prompts is None or any(row["iteration"] == updates for row in probes):
             return
-        row = probe(policy, scorer.rewards, probe_prompts, probe_settings, sampling.train_steps)
+        row = probe(policy, scorer.rewards, probe_prompts, probe_settings, sampling.eval_steps)
         probes.append(row | {"iteration": updates, "nfe_cumulative": cumulative})
         run.log_metrics({f"probe_{k}": v for k, v in row.items()}, step=updates)
         print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
@@ -160,6 +169,8 @@ def _train_loop(
                 weights |= ema.checkpoint_tensors()
             state = {"iteration": done, "history": history, "probes": probes, "config_hash": stage_hash}
             state["elapsed_s"] = time.perf_counter() - began
+            # The snapshot first: a kill between the two resumes before it and writes it again.
+            save_weights(snapshot_store(checkpoint_dir) / snapshot_name(done), result_weights(policy, ema))
             save_checkpoint(checkpoint_dir, weights, optimizer, state)
         distributed.barrier(ranks)
 
@@ -205,15 +216,56 @@ def _train_loop(
     }
 
 
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_store(checkpoint_dir: Path) -> Path:
+    """Where a run keeps its snapshots until it ends: beside its checkpoint, which is replaced
+    whole at every save, and outside the declared ``snapshots/`` output, which Snakemake
+    clears before a rerun that resumes."""
+    return checkpoint_dir.with_name("checkpoint_snapshots")
+
+
+def snapshot_name(iteration: int) -> str:
+    return f"iteration_{iteration:04d}.safetensors"
+
+
+def drop_snapshots_after(folder: Path, iteration: int) -> None:
+    """Remove the snapshots of iterations after ``iteration`` (a run that starts afresh, or
+    resumes from an earlier checkpoint, writes them again)."""
+    for path in folder.glob("iteration_*.safetensors"):
+        if int(path.stem.removeprefix("iteration_")) > iteration:
+            path.unlink()
+
+
+def result_weights(policy, ema: Ema | None) -> dict[str, torch.Tensor]:
+    """The weights a run would end with now: its trainable parameters, or their averages."""
+    weights = trainable_weights(policy)
+    if ema is None:
+        return weights
+    average_of = {id(param): shadow for param, shadow in zip(ema.parameters, ema.shadow, strict=True)}
+    return {name: average_of[id(param)] for name, param in trainable_state(policy)}
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """A safetensors file of finite tensors, written atomically."""
+    weights = {k: v.contiguous().cpu() for k, v in weights.items()}
+    require_finite(weights, f"{path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(path) as tmp:
+        save_file(weights, tmp)
+
+
 def write_outputs(out_dir: Path, policy, info: dict) -> None:
-    """metrics.parquet, probe.parquet, weights.safetensors and train_info.json."""
+    """metrics.parquet, probe.parquet, weights.safetensors, snapshots/ and train_info.json."""
     for name, rows in (("metrics", info.pop("history")), ("probe", info.pop("probes"))):
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
         io.write_parquet(out_dir / f"{name}.parquet", table)
-    weights = {k: v.contiguous().cpu() for k, v in trainable_weights(policy).items()}
-    require_finite(weights, f"{out_dir / 'weights.safetensors'}")
-    with io.atomic_path(out_dir / "weights.safetensors") as tmp:
-        save_file(weights, tmp)
+    save_weights(out_dir / "weights.safetensors", trainable_weights(policy))
+    snapshots = out_dir / SNAPSHOTS
+    snapshots.mkdir(exist_ok=True)
+    for kept in sorted(snapshot_store(out_dir / "checkpoint").glob("iteration_*.safetensors")):
+        shutil.copyfile(kept, snapshots / kept.name)
     io.write_json(out_dir / "train_info.json", info)
 
 

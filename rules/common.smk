@@ -75,6 +75,7 @@ STAGE_SOURCES = {
     ],
     "model_card": [
         "pipeline/model_card.py",
+        "pipeline/report_tables.py",
         "pipeline/evaluation.py",
         "pipeline/models/__init__.py",
         "pipeline/models/mini.py",
@@ -94,6 +95,7 @@ STAGE_SOURCES = {
         "pipeline/rl/__init__.py",
         "pipeline/rl/advantages.py",
         "pipeline/rl/distributed.py",
+        "pipeline/rl/credit.py",
         "pipeline/rl/ema.py",
         "pipeline/rl/loss.py",
         "pipeline/rl/trainer.py",
@@ -131,7 +133,15 @@ STAGE_SOURCES = {
         "pipeline/palette.py",
         *REWARD_SOURCES,
     ],
-    "report": ["pipeline/report.py", "pipeline/evaluation.py"],
+    "report": [
+        "pipeline/report.py",
+        "pipeline/report_tables.py",
+        "pipeline/report_figures.py",
+        "pipeline/report_html.py",
+        "pipeline/analysis.py",
+        "pipeline/seeds.py",
+        "pipeline/evaluation.py",
+    ],
     "dataset_card": [
         "pipeline/dataset_card.py",
         "pipeline/agreement.py",
@@ -169,6 +179,11 @@ def json_params(**slices):
             for k, v in slices.items()
         }
     )
+
+
+def method_configs():
+    """The study's methods as plain dicts (name -> settings), for params."""
+    return {name: dataclasses.asdict(method) for name, method in CFG.methods.items()}
 
 
 def shell_flags(*pairs):
@@ -220,23 +235,48 @@ def method_params(wildcards):
 
 
 # The trained runs, named METHOD/seedN (their train/ and eval/ folders), and every model
-# the study evaluates.
+# the study evaluates: the base model, every run, and with evaluation.equal_nfe_reference the
+# snapshot METHOD/seedN/equal_nfe of every run without a tree.
 RUNS = {f"{m}/seed{s}": (m, s) for m in CFG.methods for s in CFG.train.seeds}
-MODELS = ["base", *RUNS]
+EQUAL_NFE = (
+    {
+        f"{run}/equal_nfe": (m, s)
+        for run, (m, s) in RUNS.items()
+        if not CFG.methods[m].branch_steps
+    }
+    if CFG.evaluation.equal_nfe_reference
+    else {}
+)
+MODELS = ["base", *RUNS, *EQUAL_NFE]
 
 
 def eval_inputs(wildcards):
-    """What evaluation sampling of one model needs: the base model, and a method's weights."""
+    """What evaluation sampling of one model needs: the base model, and a run's weights (or,
+    for an equal-NFE snapshot, its snapshots and metrics and the reference run's metrics).
+    """
     inputs = {
         "test": f"{DATASET_DIR}/test.parquet",
         "base": base_model_files(wildcards),
     }
-    if wildcards.model != "base":
+    if wildcards.model in EQUAL_NFE:
+        method, seed = EQUAL_NFE[wildcards.model]
+        run = f"{RESULTS}/train/{method}/seed{seed}"
+        reference = CFG.evaluation.equal_nfe_reference
+        inputs["snapshots"] = f"{run}/snapshots"
+        inputs["own_metrics"] = f"{run}/metrics.parquet"
+        inputs["match"] = f"{RESULTS}/train/{reference}/seed{seed}/metrics.parquet"
+    elif wildcards.model != "base":
         inputs["weights"] = f"{RESULTS}/train/{wildcards.model}/weights.safetensors"
     return inputs
 
 
 def weights_flag(wildcards, input):
+    if "snapshots" in input.keys():
+        return shell_flags(
+            ("--snapshots", input.snapshots),
+            ("--own-metrics", input.own_metrics),
+            ("--match-nfe-of", input.match),
+        )
     return (
         shell_flags(("--weights", input.weights)) if "weights" in input.keys() else ""
     )
@@ -248,11 +288,12 @@ def eval_params(wildcards):
         return json_params(
             sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation
         )
+    seed = {**RUNS, **EQUAL_NFE}[wildcards.model][1]
     return json_params(
         sampling=CFG.sampling,
         model=CFG.model,
         evaluation=CFG.evaluation,
-        train=run_train_config(RUNS[wildcards.model][1]),
+        train=run_train_config(seed),
     )
 
 
@@ -266,6 +307,7 @@ def report_inputs(wildcards):
     }
     if CFG.model.backend == "mini":
         inputs["base_info"] = f"{BASE_DIR}/train_info.json"
+        inputs["base_card"] = f"{BASE_DIR}/card/figures.json"
     return inputs
 
 
@@ -278,15 +320,20 @@ def report_flags(wildcards, input):
     flags += [("--train-info", f"{r}={f}") for r, f in zip(RUNS, input.infos)]
     if "base_info" in input.keys():
         flags.append(("--base-info", input.base_info))
+    if "base_card" in input.keys():
+        flags.append(("--base-card", input.base_card))
     return shell_flags(*flags)
 
 
 def card_eval_inputs(wildcards):
-    """The base model card's inputs: the model, the test split, the vocabulary if any."""
+    """The base model card's inputs: the model, the test split, the base model's evaluation
+    samples and scores (not sampled again), the vocabulary if any."""
     inputs = {
         "model": f"{BASE_DIR}/model/model.safetensors",
         "info": f"{BASE_DIR}/train_info.json",
         "test": f"{DATASET_DIR}/test.parquet",
+        "samples": f"{RESULTS}/eval/base/samples.parquet",
+        "rewards": f"{RESULTS}/eval/base/rewards.parquet",
     }
     if CFG.dataset.source.kind == "generated":
         inputs["vocab"] = f"{DATASET_DIR}/sources/vocab.json"

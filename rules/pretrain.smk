@@ -27,7 +27,8 @@ rule pretrain_base:
 
 
 rule base_model_card:
-    """Evaluate the base model (ODE test scores, SDE group spread) and write its card."""
+    """The base model's card: its test scores (from its evaluation) and its SDE group spread under
+    the training sampler."""
     input:
         unpack(card_eval_inputs),
         code=stage_sources("model_card"),
@@ -45,12 +46,18 @@ rule base_model_card:
         "../envs/pipeline.yaml"
     threads: 2
     params:
-        cfg=json_params(sampling=CFG.sampling, rewards=CFG.rewards, card=CFG.card),
+        cfg=json_params(
+            sampling=CFG.sampling,
+            rewards=CFG.rewards,
+            card=CFG.card,
+            rollout={"guidance": CFG.train.guidance, "sde_steps": CFG.train.sde_steps},
+        ),
         out_dir=output_dir,
         model_dir=lambda wildcards, input: str(Path(input.model).parent),
         vocab=vocab_flag,
     shell:
         "python -u -m pipeline.model_card --model-dir {params.model_dir:q} --train-info {input.info:q} "
-        "--test {input.test:q} {params.vocab} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+        "--test {input.test:q} --samples {input.samples:q} --rewards {input.rewards:q} {params.vocab} "
+        "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
         "--threads {threads} --mlflow-record {input.mlflow:q} --rule base_model_card "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"

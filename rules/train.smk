@@ -11,6 +11,7 @@ rule train:
         probe=f"{RESULTS}/train/{{method}}/seed{{seed}}/probe.parquet",
         weights=f"{RESULTS}/train/{{method}}/seed{{seed}}/weights.safetensors",
         info=f"{RESULTS}/train/{{method}}/seed{{seed}}/train_info.json",
+        snapshots=directory(f"{RESULTS}/train/{{method}}/seed{{seed}}/snapshots"),
         run_id=f"{RESULTS}/train/{{method}}/seed{{seed}}/mlflow_run_id.txt",
     log:
         f"{RESULTS}/logs/train/{{method}}/seed{{seed}}.log",

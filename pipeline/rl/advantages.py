@@ -6,8 +6,11 @@ Shapes: ``N`` items (leaves, or tree nodes), ``M`` rewards. ``rewards`` is ``[N,
 * :func:`mix_then_normalize` — Flow-GRPO: ``r = sum_m w_m r_m``, then ``(r - mean) / (std + eps)``
   within each group; the std is the group's own or the whole batch's (``std_mode``).
 * :func:`normalize_then_mix` — reward-based grouping (Multi-GRPO, MixGRPO, GDPO): every reward
-  normalised within the group on its own, then ``A = sum_m w_m A_m``, optionally
-  re-normalised within the group or over the batch.
+  normalised within the group on its own, its std floored at ``std_floor[m]`` (in the
+  reward's own units) so that a near-constant reward is not blown up to +-1, then
+  ``A = sum_m w_m A_m``, optionally re-normalised within the group or over the batch.
+  With ``std_mode="global"`` this is :func:`mix_then_normalize` with weights ``w_m / std_m``
+  up to one scalar: a reweighting of the mixed reward, not a per-group normalisation.
 * :func:`node_values` — a tree node's value per reward: an aggregate over its descendant leaves.
 * :func:`temporal_group_advantages` — the nodes of one prompt at one depth form a group.
 
@@ -44,14 +47,23 @@ def group_mean_std(
     return mean[dense].reshape(shape), std[dense].reshape(shape), count[dense]
 
 
-def _normalize(values: torch.Tensor, groups: torch.Tensor, std_mode: str, eps: float) -> torch.Tensor:
-    """``(v - group mean) / (std + eps)``, 0 for singleton groups; ``values`` ``[N]`` or ``[N, M]``."""
+def _normalize(
+    values: torch.Tensor,
+    groups: torch.Tensor,
+    std_mode: str,
+    eps: float,
+    std_floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(v - group mean) / (max(std, floor) + eps)``, 0 for singleton groups; ``values`` ``[N]``
+    or ``[N, M]``, ``std_floor`` ``[M]`` (or a scalar) in the values' units, or None."""
     mean, std, count = group_mean_std(values, groups)
     if std_mode == "global":
         flat = values.reshape(len(values), -1).double()
         std = flat.std(dim=0, unbiased=False).expand_as(flat).reshape(values.shape)
     elif std_mode != "group":
         raise ValueError(f"std_mode {std_mode!r}: expected 'group' or 'global'")
+    if std_floor is not None:
+        std = torch.maximum(std, torch.as_tensor(std_floor, dtype=torch.float64).expand_as(std))
     advantages = (values.double() - mean) / (std + eps)
     singleton = (count == 1).reshape(-1, *([1] * (values.ndim - 1)))
     return torch.where(singleton, torch.zeros_like(advantages), advantages).float()
@@ -76,14 +88,16 @@ def normalize_then_mix(
     std_mode: str = "group",
     renormalize: str = "none",
     eps: float = EPS,
+    std_floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reward-based grouping's advantages ``[N]`` (module docstring).
 
     Args:
         renormalize: ``none``; ``group`` (z-score the mixed advantage within each group again);
             ``batch`` (GDPO: divide by the batch std so the scale does not grow with M).
+        std_floor: ``[M]`` the smallest std each reward is divided by, in its own units.
     """
-    per_reward = _normalize(rewards, groups, std_mode, eps)  # [N, M]
+    per_reward = _normalize(rewards, groups, std_mode, eps, std_floor)  # [N, M]
     mixed = per_reward.double() @ weights.double()
     if renormalize == "none":
         return mixed.float()
@@ -136,6 +150,7 @@ def temporal_group_advantages(
     std_mode: str = "group",
     renormalize: str = "none",
     eps: float = EPS,
+    std_floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Node advantages ``[N]``: nodes of one prompt at one depth form a group.
 
@@ -144,6 +159,7 @@ def temporal_group_advantages(
         node_prompt, node_depth: ``[N]``.
         mixing: ``mix_then_normalize`` or ``normalize_then_mix``.
         std_mode: ``group``, or ``global`` (the std over every node at that depth, all prompts).
+        std_floor: ``[M]`` per-reward std floor of ``normalize_then_mix`` (unused by the other).
     """
     advantages = torch.zeros(len(values))
     for depth in node_depth.unique().tolist():
@@ -152,7 +168,9 @@ def temporal_group_advantages(
         if mixing == "mix_then_normalize":
             advantages[at] = mix_then_normalize(values[at], weights, groups, std_mode, eps)
         elif mixing == "normalize_then_mix":
-            advantages[at] = normalize_then_mix(values[at], weights, groups, std_mode, renormalize, eps)
+            advantages[at] = normalize_then_mix(
+                values[at], weights, groups, std_mode, renormalize, eps, std_floor
+            )
         else:
             raise ValueError(f"mixing {mixing!r}: expected 'mix_then_normalize' or 'normalize_then_mix'")
     return advantages

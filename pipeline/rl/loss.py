@@ -13,24 +13,34 @@ def ppo_clip_loss(
     advantages: torch.Tensor,
     clip_range: float,
     advantage_clip: float = ADVANTAGE_CLIP,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Mean PPO-clip policy loss over ``E`` trained edges, and its statistics.
+    """PPO-clip policy loss over ``E`` trained edges (their weighted mean), and its statistics.
 
     ``ratio = exp(log_prob - old_log_prob)`` on dimension-averaged log-probabilities (hence
     ratios near 1 and a tiny ``clip_range``, 1e-4 .. 1e-3 in Flow-GRPO);
-    ``loss = mean(max(-A ratio, -A clamp(ratio, 1 - eps, 1 + eps)))`` with ``A`` clipped to
-    ``+-advantage_clip``. All inputs ``[E]``.
+    ``loss = sum_e w_e max(-A ratio, -A clamp(ratio, 1 - eps, 1 + eps)) / sum_e w_e`` with
+    ``A`` clipped to ``+-advantage_clip`` and ``w`` the edges' loss weights
+    (:mod:`pipeline.rl.credit`; None: all 1, the plain mean). All inputs ``[E]``.
     """
     ratio = torch.exp(log_prob - old_log_prob)
     adv = advantages.clamp(-advantage_clip, advantage_clip)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - clip_range, 1 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    loss = weighted_mean(torch.maximum(unclipped, clipped), weights)
     stats = {
         "ratio_mean": ratio.mean().item(),
         "clip_fraction": ((ratio - 1).abs() > clip_range).float().mean().item(),
     }
     return loss, stats
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``sum w v / sum w`` over ``[E]`` (the plain mean when ``weights`` is None)."""
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values)
+    return (weights * values).sum() / weights.sum()
 
 
 def gaussian_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

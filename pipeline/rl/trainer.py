@@ -22,6 +22,7 @@ from pipeline.evaluation import LeafScorer, ode_samples, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
+from pipeline.rl.credit import edge_weights, step_credit
 from pipeline.rl.distributed import (
     SINGLE,
     Ranks,
@@ -31,7 +32,7 @@ from pipeline.rl.distributed import (
     sum_gradients,
 )
 from pipeline.rl.ema import Ema
-from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss
+from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss, weighted_mean
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.sde import sde_step_with_logprob
 from pipeline.sampling.tree import TreeRollout, guided_velocity, sample_tree
@@ -64,7 +65,10 @@ class LoopSettings:
     train_last_step: bool = False
     edge_fraction: float = 1.0
     seed: int = 0
-    reward_weights: dict[str, float] = field(default_factory=dict)
+    reward_weights: dict[str, float] = field(default_factory=dict)  # mix_then_normalize's, on rewards
+    z_weights: dict[str, float] = field(default_factory=dict)  # normalize_then_mix's, on z-scores
+    std_floor: dict[str, float] = field(default_factory=dict)  # normalize_then_mix's, reward units
+    edge_weighting: str = "leaves"  # leaves | uniform (pipeline.rl.credit)
     mixed_precision: str = "no"  # no | bf16 (autocast of the denoiser's forward passes)
     kl_units: str = "flow_grpo"  # flow_grpo (KL x |dt|) | transition (the exact step KL)
 
@@ -78,9 +82,14 @@ def denoiser_precision(policy: Policy, settings: LoopSettings) -> AbstractContex
 
 
 def edge_advantages(
-    rollout: TreeRollout, leaf_rewards: torch.Tensor, weights: torch.Tensor, method: MethodSpec
+    rollout: TreeRollout,
+    leaf_rewards: torch.Tensor,
+    weights: torch.Tensor,
+    method: MethodSpec,
+    std_floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[E]``: the edge into node n gets node n's temporal-group advantage."""
+    """``[E]``: the edge into node n gets node n's temporal-group advantage. ``leaf_rewards``
+    ``[L, M]``; ``weights`` and ``std_floor`` ``[M]``."""
     values = node_values(leaf_rewards, rollout.leaf_nodes, rollout.node_parent, method.aggregate)
     node_adv = temporal_group_advantages(
         values,
@@ -90,8 +99,15 @@ def edge_advantages(
         method.mixing,
         method.std_mode,
         method.renormalize,
+        std_floor=std_floor,
     )
     return node_adv[rollout.edge_child]
+
+
+def advantage_weights(method: MethodSpec, settings: LoopSettings) -> dict[str, float]:
+    """The weights a method mixes with: on z-scores (``z_weights``) when it normalises each
+    reward first, else on the raw rewards (``reward_weights``, Flow-GRPO's mix)."""
+    return settings.z_weights if method.mixing == "normalize_then_mix" else settings.reward_weights
 
 
 def trained_edges(
@@ -120,11 +136,13 @@ def edge_loss(
     rollout: TreeRollout,
     index: torch.Tensor,
     advantages: torch.Tensor,
+    weights: torch.Tensor,
     cond: Conditioning,
     uncond: Conditioning,
     settings: LoopSettings,
 ) -> tuple[torch.Tensor, dict, int]:
-    """GRPO loss of the edges ``index`` (with gradients), its statistics and the rows it cost."""
+    """GRPO loss of the edges ``index`` (with gradients; their ``weights``-weighted mean), its
+    statistics and the rows it cost. ``advantages`` and ``weights``: ``[E]`` of the forest."""
     device = policy.device
     rows = rollout.edge_prompt[index]
     x = rollout.latents[index].to(device)
@@ -141,8 +159,13 @@ def edge_loss(
         prev_sample=rollout.next_latents[index].to(device),
         sde_type=settings.sde_type,
     )
+    edge_weight = weights[index].to(device)
     loss, stats = ppo_clip_loss(
-        step.log_prob, rollout.log_prob[index].to(device), advantages[index].to(device), settings.clip_range
+        step.log_prob,
+        rollout.log_prob[index].to(device),
+        advantages[index].to(device),
+        settings.clip_range,
+        weights=edge_weight,
     )
     if settings.beta > 0:
         with torch.no_grad():
@@ -160,7 +183,7 @@ def edge_loss(
         kl = gaussian_kl(step.mean, reference.mean, step.std)
         if settings.kl_units == "flow_grpo":
             kl = kl_per_unit_time(kl, sigma, sigma_next)
-        kl = kl.mean()
+        kl = weighted_mean(kl, edge_weight)
         loss = loss + settings.beta * kl
         stats["kl"] = kl.item()
         cost += ref_cost
@@ -178,15 +201,21 @@ def update(
     ema: Ema | None = None,
     ranks: Ranks = SINGLE,
     first_edge: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> dict:
     """Optimizer steps over the trained edges (shuffled, split evenly, gradient accumulation).
 
     ``edges``: the global batch's trained edges (ids in the gathered forest, the same on every
     rank); this rank's own are ``first_edge .. first_edge + E - 1``, with ``rollout`` its
-    ``E``-edge forest and ``advantages`` ``[E]`` their advantages. Every step's gradient is
-    that of the mean loss over one chunk of the global shuffle: a rank weights its edges by
-    1 / (edges in the chunk) and the gradients are summed over ranks (:mod:`pipeline.rl.distributed`).
+    ``E``-edge forest and ``advantages`` ``[E]`` their advantages. ``weights``: the gathered
+    forest's edge loss weights (:mod:`pipeline.rl.credit`; None: all 1). Every step's gradient
+    is that of the weighted mean loss over one chunk of the global shuffle: a rank scales its
+    microbatch's weighted mean by its share of the chunk's total weight and the gradients are
+    summed over ranks (:mod:`pipeline.rl.distributed`).
     """
+    if weights is None:
+        weights = torch.ones(first_edge + len(advantages))
+    own_weights = weights[first_edge : first_edge + len(advantages)]
     cond, uncond = policy.encode(rollout.prompts)
     order = edges[torch.from_numpy(rng.permutation(len(edges)))].numpy()
     stats: dict[str, list[float]] = {"loss": [], "ratio_mean": [], "clip_fraction": [], "kl": []}
@@ -196,13 +225,16 @@ def update(
         if len(chunk) == 0:
             continue
         own = chunk[(chunk >= first_edge) & (chunk < first_edge + len(advantages))] - first_edge
+        chunk_weight = float(weights[torch.from_numpy(chunk)].sum())
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(own), settings.microbatch):
             index = torch.from_numpy(own[start : start + settings.microbatch])
-            loss, step_stats, rows = edge_loss(policy, rollout, index, advantages, cond, uncond, settings)
+            loss, step_stats, rows = edge_loss(
+                policy, rollout, index, advantages, own_weights, cond, uncond, settings
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()}")
-            (loss * len(index) / len(chunk)).backward()
+            (loss * float(own_weights[index].sum()) / chunk_weight).backward()
             cost += rows
             stats["loss"].append(loss.item())
             for key in ("ratio_mean", "clip_fraction", "kl"):
@@ -359,7 +391,22 @@ def run_iteration(
         names = scorer.names
         leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
         weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
-        advantages = edge_advantages(forest, leaf_rewards, weights, method)
+        mixing_weights = advantage_weights(method, settings)
+        advantages = edge_advantages(
+            forest,
+            leaf_rewards,
+            torch.tensor([mixing_weights.get(n, 0.0) for n in names]),
+            method,
+            torch.tensor([settings.std_floor.get(n, 0.0) for n in names]),
+        )
+        loss_weights = edge_weights(
+            forest.edge_child,
+            forest.edge_prompt,
+            forest.leaf_nodes,
+            forest.leaf_prompt,
+            forest.node_parent,
+            settings.edge_weighting,
+        )
         edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
         subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
         edges = subsample_edges(edges, settings.edge_fraction, subsample_rng)
@@ -367,7 +414,19 @@ def run_iteration(
         rng = np.random.default_rng([settings.seed, iteration, 1])
         own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
         stats = (
-            update(policy, optimizer, rollout, own_advantages, edges, settings, rng, ema, ranks, first_edge)
+            update(
+                policy,
+                optimizer,
+                rollout,
+                own_advantages,
+                edges,
+                settings,
+                rng,
+                ema,
+                ranks,
+                first_edge,
+                loss_weights,
+            )
             if len(edges)
             else {}
         )
@@ -383,6 +442,9 @@ def run_iteration(
         "advantage_mean": advantages[edges].mean().item() if len(edges) else 0.0,
         "advantage_abs_mean": advantages[edges].abs().mean().item() if len(edges) else 0.0,
     }
+    row |= step_credit(
+        forest.edge_step[edges], loss_weights[edges], advantages[edges], method.schedule.num_steps
+    )
     row |= {f"seconds_{phase}": seconds for phase, seconds in timer.seconds.items()}
     for name in names:
         row[f"{name}_mean"], row[f"{name}_std"] = float(scores[name].mean()), float(scores[name].std(ddof=0))

@@ -14,6 +14,7 @@ import torch
 from pipeline import train
 from pipeline.models import load_policy
 from pipeline.rl import trainer
+from pipeline.rl.credit import edge_weights
 from tests.reference_rollout import per_prompt_forests
 from tests.smoke.tiny import tiny_mini_dir, train_config_json
 
@@ -81,7 +82,16 @@ def test_update_gradient_is_unchanged(policy):
         cond, uncond = policy.encode(rollout.prompts)
         for param in policy.trainable_parameters():
             param.grad = None
-        loss, _, _ = trainer.edge_loss(policy, rollout, edges, advantages, cond, uncond, settings)
+        loss_weights = edge_weights(
+            rollout.edge_child,
+            rollout.edge_prompt,
+            rollout.leaf_nodes,
+            rollout.leaf_prompt,
+            rollout.node_parent,
+        )
+        loss, _, _ = trainer.edge_loss(
+            policy, rollout, edges, advantages, loss_weights, cond, uncond, settings
+        )
         loss.backward()
         gradients.append(
             torch.cat([p.grad.flatten() for p in policy.trainable_parameters() if p.grad is not None])

@@ -172,7 +172,8 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
     assert metrics["two"].grad_norm.item() == pytest.approx(metrics["one"].grad_norm.item(), rel=1e-4)
     probes = {out: pd.read_parquet(tmp_path / out / "probe.parquet") for out in ("one", "two")}
     assert list(probes["two"].iteration) == [0, 1]
-    pd.testing.assert_frame_equal(probes["one"], probes["two"], rtol=1e-4)
+    # Weights equal to ~1e-7 can still move a thresholded reward (quality) by a pixel's worth.
+    pd.testing.assert_frame_equal(probes["one"], probes["two"], rtol=1e-3)
 
 
 def _dump_weights_after_training(folder: Path) -> None:

@@ -38,6 +38,7 @@ def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
             "checkpoint_every": 1,
             "microbatch": 16,
             "probe_prompts": 3,
+            "sde_steps": 3,  # the default's ODE last step, at the tiny 4 steps
         }
         | train_overrides
     )

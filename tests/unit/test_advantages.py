@@ -122,3 +122,57 @@ def test_bad_modes_are_rejected():
         mix_then_normalize(torch.ones(2, 1), torch.ones(1), torch.zeros(2), std_mode="median")
     with pytest.raises(ValueError, match="aggregate"):
         node_values(LEAF_REWARDS, LEAVES, PARENT, "softmax")
+
+
+def _group_centred(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``[N, M]`` rewards minus their group means (the regressors of a reweighted mix)."""
+    out = rewards.double().clone()
+    for g in groups.unique():
+        at = groups == g
+        out[at] -= out[at].mean(dim=0)
+    return out
+
+
+def _reweighting_residual(advantages: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor) -> float:
+    """Relative residual of the best fit ``A ~ sum_m c_m (r_m - group mean)``: 0 when ``A`` is
+    a mix-then-normalise advantage of some weights ``c`` (up to scale)."""
+    x = _group_centred(rewards, groups)
+    a = advantages.double()
+    coef = torch.linalg.lstsq(x, a[:, None]).solution
+    residual = a - (x @ coef).flatten()
+    return float(residual.norm() / a.norm())
+
+
+def test_global_std_grouping_is_a_reweighting_and_group_std_is_not():
+    """With a batch-wide std per reward, normalise-then-mix equals mix-then-normalise with
+    weights w_m / std_m, up to one scalar; with each group's own std no weights reproduce it."""
+    gen = torch.Generator().manual_seed(3)
+    groups = torch.arange(16).repeat_interleave(8)
+    # Rewards whose within-group spread differs from group to group (as OCR's does).
+    scale = torch.rand(16, 2, generator=gen).repeat_interleave(8, dim=0) * 2 + 0.05
+    rewards = torch.randn(128, 2, generator=gen) * scale + torch.tensor([0.5, 3.0])
+    weights = torch.tensor([1.0, 0.3])
+
+    grouped_global = normalize_then_mix(rewards, weights, groups, std_mode="global")
+    batch_std = rewards.std(dim=0, unbiased=False)
+    reweighted = mix_then_normalize(rewards, weights / (batch_std + EPS), groups, std_mode="global")
+    ratio = grouped_global / reweighted
+    torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0].item()), rtol=1e-4, atol=1e-4)
+    assert _reweighting_residual(grouped_global, rewards, groups) < 1e-5
+
+    grouped_own = normalize_then_mix(rewards, weights, groups, std_mode="group")
+    assert _reweighting_residual(grouped_own, rewards, groups) > 0.1
+
+
+def test_std_floor_by_hand():
+    """A near-constant reward is divided by its floor, not by its tiny std."""
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.04, 3.0]])
+    groups = torch.zeros(4, dtype=torch.long)
+    floor = torch.tensor([0.1, 0.5])
+    adv = normalize_then_mix(rewards, torch.tensor([1.0, 1.0]), groups, std_floor=floor)
+    # reward 0: mean 0.01, std 0.01732 < 0.1 -> divided by 0.1; reward 1: mean 2, std 1 > 0.5.
+    z0 = torch.tensor([-0.01, -0.01, -0.01, 0.03]) / (0.1 + EPS)
+    z1 = torch.tensor([-1.0, 1.0, -1.0, 1.0]) / (1.0 + EPS)
+    torch.testing.assert_close(adv, z0 + z1)
+    unfloored = normalize_then_mix(rewards, torch.tensor([1.0, 1.0]), groups)
+    assert unfloored[3] - z1[3] > 1.7  # without the floor the 0.04 bump becomes +1.73

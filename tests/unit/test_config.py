@@ -129,9 +129,12 @@ def test_dataclasses_mirror_the_schema():
 
     schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
     keys = _schema_keys(schema)
-    # reward_weights is a mapping by reward name, not a dataclass.
-    weights = {k for k in keys if k.startswith("train.reward_weights.")}
-    assert {k.rsplit(".", 1)[1] for k in weights} == set(REWARDS)
+    # reward_weights, z_weights and std_floor are mappings by reward name, not dataclasses.
+    weights = set()
+    for mapping in ("reward_weights", "z_weights", "std_floor"):
+        named = {k for k in keys if k.startswith(f"train.{mapping}.")}
+        assert {k.rsplit(".", 1)[1] for k in named} == set(REWARDS), mapping
+        weights |= named
     # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config.
     assert keys - weights == _dataclass_keys(config.StudyConfig) - {"train.seed"}
     method_schema = schema["properties"]["methods"]["additionalProperties"]

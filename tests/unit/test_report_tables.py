@@ -8,14 +8,15 @@ import math
 
 import pandas as pd
 
-from pipeline.report import (
+from pipeline.report_html import warnings_for
+from pipeline.report_tables import (
+    comparison_view,
     format_change,
     headline_table,
+    method_summary,
     per_image_table,
     seed_mean_curve,
-    seed_summary,
     trend_table,
-    warnings_for,
 )
 
 
@@ -72,6 +73,13 @@ def test_warnings_name_every_stage_cut_short_and_an_illegible_base():
     assert "The base model is illegible: test OCR reward 0.000" in warnings[2]
     fine = pd.DataFrame({"model": ["base"], "ocr": [0.5]})
     assert warnings_for(raw, fine, {"m": {"iterations": 40}}, {"steps": 250}) == []
+    alike = raw | {"sampling": {"guidance": 1.0}, "train": raw["train"] | {"guidance": 1.0}}
+    assert warnings_for(alike, fine, {}, {"steps": 250}) == []
+    apart = alike | {"sampling": {"guidance": 4.0}}
+    (warning,) = warnings_for(apart, fine, {}, {"steps": 250})
+    assert warning.startswith(
+        "Training and test sample differently: rollouts at guidance 1.0, the test split at 4.0"
+    )
 
 
 def test_mixed_reward_per_image_uses_the_training_weights():
@@ -103,35 +111,63 @@ def test_seed_mean_curve_averages_seeds_with_their_standard_error():
     assert seed_mean_curve(runs[:1], "ocr_mean")["se"].isna().all()  # one seed: no band
 
 
-def test_seed_summary_marks_a_single_runs_own_error():
+def _figure(name: str, mean: float, se: float, source: str) -> dict:
+    return {name: mean, f"{name}_se": se, f"{name}_se_source": source}
+
+
+def test_method_summary_marks_a_single_runs_own_error():
     methods = pd.DataFrame(
         [
+            {"method": "flow_grpo", "seeds": 1}
+            | _figure("B", 0.5, 0.1, "one run")
+            | _figure("W", -0.2, float("nan"), "none")
+            | _figure("z_ocr", 0.9, 0.2, "one run")
+            | _figure("mixed_gain", 0.149, 0.025, "one run"),
+            {"method": "multi_grpo", "seeds": 3}
+            | _figure("B", 0.3, 0.2, "seeds")
+            | _figure("W", 0.1, 0.1, "seeds")
+            | _figure("z_ocr", 0.3, 0.2, "seeds")
+            | _figure("mixed_gain", 0.05, 0.04, "seeds"),
+        ]
+    )
+    table = method_summary(methods, ["ocr"]).set_index("method")
+    assert table.loc["flow_grpo", "balanced gain B"] == "+0.500 ± 0.100 ▲ (1 run)"
+    assert table.loc["flow_grpo", "worst reward W"] == "-0.200"
+    assert table.loc["flow_grpo", "z OCR reward"] == "+0.900 ± 0.200 ▲ (1 run)"
+    assert table.loc["flow_grpo", "mixed reward gain (flow_grpo's objective)"] == "+0.149 ± 0.025 ▲ (1 run)"
+    assert table.loc["multi_grpo", "balanced gain B"] == "+0.300 ± 0.200"
+
+
+def test_comparison_view_leaves_untested_rows_blank():
+    tests = pd.DataFrame(
+        [
             {
-                "method": "flow_grpo",
-                "seeds": 1,
-                "mixed_gain": 0.149,
-                "mixed_gain_se": 0.025,
-                "mixed_gain_se_source": "one run",
-                "nfe_to_target": float("nan"),
-                "nfe_to_target_se": float("nan"),
-                "nfe_to_target_se_source": "none",
-                "reached": 0,
+                "measure": "B",
+                "comparison": "2x2 tree",
+                "seeds": 3,
+                "estimate": 0.4,
+                "se": 0.1,
+                "df": 6,
+                "p": 0.007,
+                "p_holm": 0.04,
+                "significant": True,
+                "mde": 0.3,
             },
             {
-                "method": "multi_grpo",
-                "seeds": 3,
-                "mixed_gain": 0.05,
-                "mixed_gain_se": 0.04,
-                "mixed_gain_se_source": "seeds",
-                "nfe_to_target": 12000.0,
-                "nfe_to_target_se": 800.0,
-                "nfe_to_target_se_source": "seeds",
-                "reached": 2,
+                "measure": "W",
+                "comparison": "2x2 tree",
+                "seeds": 1,
+                "estimate": -0.1,
+                "se": float("nan"),
+                "df": 0,
+                "p": float("nan"),
+                "p_holm": float("nan"),
+                "significant": False,
+                "mde": float("nan"),
             },
         ]
     )
-    table = seed_summary(methods, []).set_index("method")
-    assert table.loc["flow_grpo", "test mixed gain"] == "+0.149 ± 0.025 ▲ (1 run)"
-    assert table.loc["flow_grpo", "NFE to the reference's final reward"] == "not reached"
-    assert table.loc["multi_grpo", "test mixed gain"] == "+0.050 ± 0.040"
-    assert table.loc["multi_grpo", "NFE to the reference's final reward"] == "12,000 ± 800 (2 of 3 seeds)"
+    view = comparison_view(tests)
+    assert view.loc[0, "estimate ± SE"] == "+0.400 ± 0.100"
+    assert (view.loc[0, "Holm p"], view.loc[0, "significant"]) == ("0.04", "yes")
+    assert (view.loc[1, "estimate ± SE"], view.loc[1, "p"], view.loc[1, "significant"]) == ("-0.100", "", "")

@@ -75,11 +75,12 @@ def test_missing_model_folder_is_named(tmp_path):
     [
         (
             "paper_ocr_color",
-            {"curate_dataset": 2, "dataset_card": 1, "train": 4, "sample_eval": 5, "score": 5, "report": 1},
+            # the base, 4 runs, and the 2 flat runs at the tree's NFE
+            {"curate_dataset": 2, "dataset_card": 1, "train": 4, "sample_eval": 7, "score": 7, "report": 1},
         ),
         (
             "paper_pickscore",
-            {"curate_captions": 2, "dataset_card": 1, "train": 2, "sample_eval": 3, "score": 3, "report": 1},
+            {"curate_captions": 2, "dataset_card": 1, "train": 2, "sample_eval": 4, "score": 4, "report": 1},
         ),
     ],
 )
@@ -116,7 +117,7 @@ def test_mini_gpu_config_plans_three_seeds_of_every_method(tmp_path):
     assert {rule: jobs[rule] for rule in ("pretrain_base", "train", "sample_eval", "score", "report")} == {
         "pretrain_base": 1,
         "train": 12,  # 4 methods x 3 seeds, each its own job
-        "sample_eval": 13,  # and the base model
-        "score": 13,
+        "sample_eval": 19,  # the base model, and the 6 flat runs at the trees' NFE
+        "score": 19,
         "report": 1,
     }

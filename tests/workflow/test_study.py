@@ -19,7 +19,11 @@ DATASET = "datasets/ocr_color_10_tiny"
 RESULTS = "results/tiny"
 METHODS = ("flow_grpo", "multi_grpo", "reward_group", "tree_grpo")
 RUNS = tuple(f"{method}/seed0" for method in METHODS)  # train.seeds: [0]
+# evaluation.equal_nfe_reference (config.yaml: multi_grpo): the methods without a tree are also
+# evaluated at their snapshot nearest the tree's final NFE.
+EQUAL_NFE = ("flow_grpo/seed0/equal_nfe", "reward_group/seed0/equal_nfe")
 MODELS = ("base", *RUNS)
+EVALUATED = (*MODELS, *EQUAL_NFE)
 
 
 def test_outputs_exist_with_expected_rows(study):
@@ -42,22 +46,29 @@ def test_outputs_exist_with_expected_rows(study):
         probe = pd.read_parquet(study / RESULTS / "train" / run / "probe.parquet")
         assert list(probe.iteration) == [0, 2]  # before the first update and after the last
         assert {"ocr_mean", "color_mean", "quality_mean", "reward_mixed"} <= set(probe)
-    for model in MODELS:
+    for model in EVALUATED:
         samples = pd.read_parquet(study / RESULTS / "eval" / model / "samples.parquet")
         assert len(samples) == 5 * 2  # 5 prompts x 2 seeds
         rewards = pd.read_parquet(study / RESULTS / "eval" / model / "rewards.parquet")
         assert len(rewards) == 5 * 2 * 3 and set(rewards.reward) == {"ocr", "color", "quality"}
+    for run in EQUAL_NFE:
+        samples = pd.read_parquet(study / RESULTS / "eval" / run / "samples.parquet")
+        assert set(samples.iteration) <= {1, 2} and samples.training_nfe.notna().all()
     summary = pd.read_csv(study / RESULTS / "report" / "summary.csv")
-    assert list(summary.model) == list(MODELS)
+    assert list(summary.model) == ["base", *sorted(RUNS + EQUAL_NFE)]
     assert {"mixed", "ocr", "ocr_exact", "color_accuracy", "quality", "ocr_seed_std", "training_nfe"} <= set(
         summary.columns
     )
     methods = pd.read_csv(study / RESULTS / "report" / "methods.csv")
     assert list(methods.method) == sorted(METHODS) and set(methods.seeds) == {1}
-    assert set(methods.mixed_gain_se_source) == {"one run"}
+    assert set(methods.mixed_gain_se_source) == {"one run"} and {"B", "W"} <= set(methods.columns)
+    tests = pd.read_csv(study / RESULTS / "report" / "tests.csv")
+    assert {"2x2 tree", "2x2 grouping", "2x2 interaction", "multi_grpo - flow_grpo"} <= set(tests.comparison)
+    equal = pd.read_csv(study / RESULTS / "report" / "equal_nfe.csv")
+    assert list(equal.method) == sorted(METHODS)
     html = (study / RESULTS / "report" / "index.html").read_text()
     assert "Training curves" in html and "data:image/png;base64" in html and "stand" in html
-    assert "Methods across training seeds" in html and "No verdict" in html
+    assert "The comparison" in html and "At equal NFE" in html and "Not enough seeds" in html
 
 
 def test_every_job_is_an_mlflow_run(study):
@@ -75,8 +86,8 @@ def test_every_job_is_an_mlflow_run(study):
             "pretrain_base": 1,
             "base_model_card": 1,
             "train": 4,
-            "sample_eval": 5,
-            "score": 5,
+            "sample_eval": 7,
+            "score": 7,
             "report": 1,
         }
     )
@@ -104,8 +115,8 @@ def test_rebuild_only_what_changed(study):
         "pretrain_base": 1,
         "base_model_card": 1,
         "train": 4,
-        "sample_eval": 5,
-        "score": 5,
+        "sample_eval": 7,
+        "score": 7,
         "report": 1,
         "all": 1,
     }
@@ -120,12 +131,12 @@ def test_rebuild_only_what_changed(study):
     # A training key: every method's training and what follows it, not the base model.
     beta = _variant(study, "train.beta", 0.01)
     assert planned_jobs(study, "--configfile", beta) == Counter(
-        {"train": 4, "sample_eval": 4, "score": 4, "report": 1, "all": 1}
+        {"train": 4, "sample_eval": 6, "score": 6, "report": 1, "all": 1}
     )
     # Another training seed: the new runs and what follows them; the seed-0 runs stay.
     seeds = _variant(study, "train.seeds", [0, 1])
     assert planned_jobs(study, "--configfile", seeds) == Counter(
-        {"train": 4, "sample_eval": 4, "score": 4, "report": 1, "all": 1}
+        {"train": 4, "sample_eval": 6, "score": 6, "report": 1, "all": 1}
     )
     # A report option: only the report.
     title = _variant(study, "report.title", "another title")
