@@ -11,10 +11,10 @@ different guidance; the comparison across training seeds — standardised gains 
 gain B, worst reward W, the tests with Holm's correction and the verdict, and the same at
 equal NFE; the full tables; samples labelled with their prompts and what OCR read),
 ``summary.csv`` / ``summary.parquet`` (one row per model), ``paired.csv``, ``stability.csv``,
-``runs.csv``, ``methods.csv``, ``tests.csv``, ``equal_nfe.csv``, ``curve_<reward>.png`` and
-``grid.png``. The tables come from :mod:`pipeline.report_tables`, the statistics from
-:mod:`pipeline.analysis`, the figures from :mod:`pipeline.report_figures` and the page from
-:mod:`pipeline.report_html`.
+``runs.csv``, ``methods.csv``, ``tests.csv``, ``equal_nfe.csv``, ``equal_nfe_tests.csv``,
+``curve_<reward>.png`` and ``grid.png``. The tables come from :mod:`pipeline.report_tables`,
+the statistics from :mod:`pipeline.analysis`, the figures from :mod:`pipeline.report_figures`
+and the page from :mod:`pipeline.report_html`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
     """The comparison's reading views and verdict (:func:`report_sections`), and its CSV tables."""
     report, design = raw["report"], method_design(raw.get("methods", {}))
     final = runs[runs.checkpoint == "final"] if len(runs) else runs
-    methods = method_table(final) if len(final) else pd.DataFrame()
+    methods = with_training_nfe(method_table(final), final) if len(final) else pd.DataFrame()
     tests = (
         comparisons(final, MEASURES, report["reference_method"], design, report["alpha"])
         if len(final)
@@ -118,16 +118,21 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
     if reference and len(runs) and (runs.checkpoint == "equal_nfe").any():
         flat = {m for m, (tree, _) in design.items() if not tree}
         chosen = runs[runs.method.isin(flat) == (runs.checkpoint == "equal_nfe")]
-        equal = method_table(chosen)
-        equal["training_nfe"] = (
-            chosen.groupby("method")["training_nfe"].mean().reindex(equal.method).to_numpy()
-        )
-        view |= {
-            "equal_methods": equal,
-            "equal_tests": comparisons(chosen, MEASURES, report["reference_method"], design, report["alpha"]),
-            "equal_reference": reference,
-        }
-    return view, {"methods": methods, "tests": tests, "equal_nfe": equal}
+        equal = with_training_nfe(method_table(chosen), chosen)
+        equal_tests = comparisons(chosen, MEASURES, report["reference_method"], design, report["alpha"])
+        view |= {"equal_methods": equal, "equal_tests": equal_tests, "equal_reference": reference}
+    else:
+        equal_tests = pd.DataFrame()
+    tables = {"methods": methods, "tests": tests, "equal_nfe": equal, "equal_nfe_tests": equal_tests}
+    return view, tables
+
+
+def with_training_nfe(methods: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``methods`` with each method's mean training NFE over its ``runs``."""
+    if "training_nfe" in runs:
+        nfe = runs.groupby("method")["training_nfe"].mean()
+        methods["training_nfe"] = nfe.reindex(methods.method).to_numpy()
+    return methods
 
 
 def training_nfe(runs: pd.DataFrame, infos: dict[str, dict], samples: dict[str, pd.DataFrame]) -> list[float]:

@@ -117,7 +117,8 @@ def report_sections(
                 "<h3>At equal NFE</h3><p class='caption'>The methods without a tree evaluated at their "
                 "training snapshot whose cumulative NFE is nearest the final NFE of "
                 f"{html.escape(str(comparison['equal_reference']))}; the tree methods at their end. "
-                "<a href='equal_nfe.csv'>equal_nfe.csv</a>.</p>"
+                "<a href='equal_nfe.csv'>equal_nfe.csv</a>, "
+                "<a href='equal_nfe_tests.csv'>equal_nfe_tests.csv</a>.</p>"
                 + html_table(equal)
                 + html_table(comparison["equal_tests"])
             )

@@ -82,6 +82,7 @@ rule report:
         methods=f"{RESULTS}/report/methods.csv",
         tests=f"{RESULTS}/report/tests.csv",
         equal_nfe=f"{RESULTS}/report/equal_nfe.csv",
+        equal_nfe_tests=f"{RESULTS}/report/equal_nfe_tests.csv",
         grid=report(
             f"{RESULTS}/report/grid.png",
             caption="../report/index.rst",
