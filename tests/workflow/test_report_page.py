@@ -10,7 +10,7 @@ from tests.workflow.test_study import RESULTS
 
 pytestmark = pytest.mark.workflow
 
-SECTIONS = ("headline", "curves", "seeds", "base-model", "tables", "samples")
+SECTIONS = ("headline", "curves", "comparison", "base-model", "tables", "samples")
 
 
 def test_report_fits_1280_px_and_has_every_section(study):
