@@ -47,7 +47,8 @@ def standardised_gains(images: pd.DataFrame, spreads: dict[str, float], base: st
         for m in names:
             row[f"z_{m}"], row[f"z_{m}_se"] = _mean_se(z[m].to_numpy())
         row["B"], row["B_se"] = _mean_se(z.mean(axis=1).to_numpy())
-        row["W"] = min(row[f"z_{m}"] for m in names) if names else float("nan")
+        finite = [row[f"z_{m}"] for m in names if np.isfinite(row[f"z_{m}"])]
+        row["W"] = min(finite) if finite else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -160,7 +161,7 @@ def comparisons(
     and the measures."""
     rows = []
     effects = two_by_two(design)
-    for measure in measures:
+    for measure in [m for m in measures if m in runs]:
         table = runs.pivot_table(index="seed", columns="method", values=measure, aggfunc="first")
         fit = block_fit(table)
         tests = {
@@ -187,9 +188,11 @@ def verdict(tests: pd.DataFrame, seeds: int, min_seeds: int, within_se: float, a
     the pooled fit with 2+ seeds; with one seed, from ``within_se``, the test-prompt standard
     error of one run's B, a lower bound because the run-to-run spread is unmeasured)."""
     if seeds < min_seeds:
-        b_tests = tests[tests.measure == "B"] if len(tests) else tests
-        if len(b_tests) and np.isfinite(b_tests["mde"]).any():
-            mde = float(b_tests["mde"].dropna().iloc[0])
+        pairwise = (
+            tests[(tests.measure == "B") & ~tests.comparison.str.startswith("2x2")] if len(tests) else tests
+        )
+        if len(pairwise) and np.isfinite(pairwise["mde"]).any():
+            mde = float(pairwise["mde"].dropna().iloc[0])
             basis = f"from the spread across {seeds} seeds"
         else:
             mde = minimum_detectable_effect(np.sqrt(2) * within_se, 0, alpha)

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = raw.get("train", {})
-    iteration, training_nfe = train.get("iterations", 0), float("nan")
+    # A snapshot's iterations and NFE; a run's final weights leave them to its train_info.json.
+    iteration, training_nfe = float("nan"), float("nan")
     if args.snapshots is not None:
         if args.own_metrics is None or args.match_nfe_of is None:
             raise SystemExit("--snapshots needs --own-metrics and --match-nfe-of")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.model}: snapshot after {iteration} iterations, {training_nfe:.0f} training NFE")
     trained = args.weights is not None
     if not trained:
-        iteration = 0
+        iteration, training_nfe = 0, 0.0
     policy = load_policy(
         model["backend"],
         args.base_model,

@@ -49,8 +49,8 @@ def run_table(
     (``final`` or ``equal_nfe``); every reward's paired test gain over the base model
     (``<reward>_gain``, ``_gain_se``; ``mixed`` included when ``paired`` has it); the
     standardised gains ``z_<reward>`` and the balanced gain ``B`` (with ``_se`` over test
-    images) and worst reward ``W`` (:func:`pipeline.analysis.standardised_gains`); and the
-    rollout mixed-reward trend of the run."""
+    images) and worst reward ``W`` (:func:`pipeline.analysis.standardised_gains`); and, for a
+    run's final weights, the rollout mixed-reward trend of the run."""
     paired = paired.set_index("model") if len(paired) else pd.DataFrame()
     standardised = standardised.set_index("model") if len(standardised) else pd.DataFrame()
     stability = stability.set_index("run") if len(stability) else pd.DataFrame()
@@ -69,7 +69,7 @@ def run_table(
                     row[f"{name}_gain_se"] = paired.loc[run, f"{name}_diff_se"]
         if run in standardised.index:
             row |= {c: standardised.loc[run, c] for c in standardised.columns if c != "images"}
-        if final in stability.index and "mixed_trend" in stability:
+        if run == final and final in stability.index and "mixed_trend" in stability:
             row["trend"] = stability.loc[final, "mixed_trend"]
             row["trend_se"] = stability.loc[final, "mixed_trend_se"]
         rows.append(row)

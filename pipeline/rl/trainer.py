@@ -213,8 +213,8 @@ def update(
     microbatch's weighted mean by its share of the chunk's total weight and the gradients are
     summed over ranks (:mod:`pipeline.rl.distributed`).
     """
-    if weights is None:
-        weights = torch.ones(first_edge + len(advantages))
+    if weights is None:  # every edge of the gathered forest (ids up to the largest trained one)
+        weights = torch.ones(max(first_edge + len(advantages), int(edges.max()) + 1))
     own_weights = weights[first_edge : first_edge + len(advantages)]
     cond, uncond = policy.encode(rollout.prompts)
     order = edges[torch.from_numpy(rng.permutation(len(edges)))].numpy()

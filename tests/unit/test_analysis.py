@@ -132,3 +132,22 @@ def test_verdict_needs_enough_seeds():
     text = verdict(one, 1, 3, 0.1, 0.05)
     expected = minimum_detectable_effect(math.sqrt(2) * 0.1, 0, 0.05)
     assert f"{expected:.2f}" in text and "lower bound" in text
+
+
+def test_worst_reward_ignores_a_reward_without_scores_in_any_order():
+    images = pd.DataFrame(
+        {
+            "model": ["base", "base", "m", "m"],
+            "line_id": [0, 1, 0, 1],
+            "seed": [0, 0, 0, 0],
+            "ocr": [np.nan] * 4,
+            "color": [0.2, 0.4, 0.5, 0.6],  # gains 0.3, 0.2 -> z 2.5 at spread 0.1
+        }
+    )
+    for spreads in ({"ocr": 0.1, "color": 0.1}, {"color": 0.1, "ocr": 0.1}):
+        assert standardised_gains(images, spreads).loc[0, "W"] == pytest.approx(2.5)
+
+
+def test_comparisons_skip_measures_the_runs_lack():
+    runs = pd.DataFrame({"method": ["a", "b"], "seed": [0, 0], "trend": [0.1, 0.2]})
+    assert comparisons(runs, ["B", "W"], "a", {}, 0.05).empty
