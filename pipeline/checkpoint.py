@@ -5,6 +5,10 @@ A checkpoint folder holds ``weights.safetensors`` (named tensors), ``optimizer.s
 ``state.json`` (step, counters, history, the optimizer's hyper-parameters and a config hash).
 It is written to a temporary folder and renamed into place, so a kill at any moment leaves
 the previous checkpoint intact.
+
+A training run's snapshots (its weights after some iterations, for the equal-NFE
+evaluation) are ``iteration_NNNN.safetensors`` files in a folder: :func:`snapshot_name` names
+one, :func:`snapshot_files` lists a folder's by iteration.
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+
+def snapshot_name(iteration: int) -> str:
+    return f"iteration_{iteration:04d}.safetensors"
+
+
+def snapshot_files(folder: Path) -> dict[int, Path]:
+    """Iteration -> snapshot file of every snapshot in ``folder`` (none if it does not exist)."""
+    return {int(p.stem.removeprefix("iteration_")): p for p in sorted(folder.glob("iteration_*.safetensors"))}
 
 
 def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from pipeline import io, tracking
+from pipeline.checkpoint import snapshot_files
 from pipeline.config import SamplingConfig
 from pipeline.evaluation import ode_samples
 from pipeline.models import load_policy
@@ -63,7 +64,7 @@ def equal_nfe_weights(snapshots: Path, own_metrics: Path, reference_metrics: Pat
     own = pd.read_parquet(own_metrics)
     cumulative = dict(zip(own["iteration"].astype(int) + 1, own["nfe_cumulative"].astype(float), strict=True))
     target = float(pd.read_parquet(reference_metrics)["nfe_cumulative"].iloc[-1])
-    files = {int(p.stem.removeprefix("iteration_")): p for p in snapshots.glob("iteration_*.safetensors")}
+    files = snapshot_files(snapshots)
     try:
         chosen = nearest_snapshot(cumulative, list(files), target)
     except ValueError as error:

@@ -43,7 +43,13 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline import io, tracking
-from pipeline.checkpoint import load_checkpoint, require_finite, save_checkpoint
+from pipeline.checkpoint import (
+    load_checkpoint,
+    require_finite,
+    save_checkpoint,
+    snapshot_files,
+    snapshot_name,
+)
 from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainConfig, config_hash
 from pipeline.evaluation import LeafScorer
 from pipeline.models import load_policy
@@ -226,15 +232,11 @@ def snapshot_store(checkpoint_dir: Path) -> Path:
     return checkpoint_dir.with_name("checkpoint_snapshots")
 
 
-def snapshot_name(iteration: int) -> str:
-    return f"iteration_{iteration:04d}.safetensors"
-
-
 def drop_snapshots_after(folder: Path, iteration: int) -> None:
     """Remove the snapshots of iterations after ``iteration`` (a run that starts afresh, or
     resumes from an earlier checkpoint, writes them again)."""
-    for path in folder.glob("iteration_*.safetensors"):
-        if int(path.stem.removeprefix("iteration_")) > iteration:
+    for done, path in snapshot_files(folder).items():
+        if done > iteration:
             path.unlink()
 
 
@@ -264,7 +266,7 @@ def write_outputs(out_dir: Path, policy, info: dict) -> None:
     save_weights(out_dir / "weights.safetensors", trainable_weights(policy))
     snapshots = out_dir / SNAPSHOTS
     snapshots.mkdir(exist_ok=True)
-    for kept in sorted(snapshot_store(out_dir / "checkpoint").glob("iteration_*.safetensors")):
+    for kept in snapshot_files(snapshot_store(out_dir / "checkpoint")).values():
         shutil.copyfile(kept, snapshots / kept.name)
     io.write_json(out_dir / "train_info.json", info)
 

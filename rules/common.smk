@@ -114,6 +114,7 @@ STAGE_SOURCES = {
     ],
     "sample_eval": [
         "pipeline/sample_eval.py",
+        "pipeline/checkpoint.py",
         "pipeline/evaluation.py",
         "pipeline/models/__init__.py",
         "pipeline/models/mini.py",

@@ -104,6 +104,11 @@ def edge_advantages(
     return node_adv[rollout.edge_child]
 
 
+def by_reward(values: dict[str, float], names: list[str]) -> torch.Tensor:
+    """``[M]``: ``values`` in the order of ``names`` (0 for a reward it does not name)."""
+    return torch.tensor([float(values.get(name, 0.0)) for name in names])
+
+
 def advantage_weights(method: MethodSpec, settings: LoopSettings) -> dict[str, float]:
     """The weights a method mixes with: on z-scores (``z_weights``) when it normalises each
     reward first, else on the raw rewards (``reward_weights``, Flow-GRPO's mix)."""
@@ -390,14 +395,13 @@ def run_iteration(
         forest, scores, first_edge = gather_forest(rollout, scores, ranks)
         names = scorer.names
         leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
-        weights = torch.tensor([settings.reward_weights.get(n, 0.0) for n in names])
-        mixing_weights = advantage_weights(method, settings)
+        weights = by_reward(settings.reward_weights, names)
         advantages = edge_advantages(
             forest,
             leaf_rewards,
-            torch.tensor([mixing_weights.get(n, 0.0) for n in names]),
+            by_reward(advantage_weights(method, settings), names),
             method,
-            torch.tensor([settings.std_floor.get(n, 0.0) for n in names]),
+            by_reward(settings.std_floor, names),
         )
         loss_weights = edge_weights(
             forest.edge_child,

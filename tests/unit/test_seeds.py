@@ -76,3 +76,14 @@ def test_nearest_snapshot_by_hand():
     assert nearest_snapshot({2: 10.0, 4: 30.0}, [2, 4], 20.0) == 2  # a tie takes the earlier
     with pytest.raises(ValueError, match="no snapshot"):
         nearest_snapshot(cumulative, [], 1.0)
+
+
+def test_snapshot_files_lists_a_folder_by_iteration(tmp_path):
+    from pipeline.checkpoint import snapshot_files, snapshot_name
+
+    for iteration in (4, 2):
+        (tmp_path / snapshot_name(iteration)).touch()
+    (tmp_path / "weights.safetensors").touch()
+    assert snapshot_name(6) == "iteration_0006.safetensors"
+    assert snapshot_files(tmp_path) == {2: tmp_path / snapshot_name(2), 4: tmp_path / snapshot_name(4)}
+    assert snapshot_files(tmp_path / "absent") == {}
