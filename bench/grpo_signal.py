@@ -35,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config  # noqa: E402
-from pipeline.models import load_policy  # noqa: E402
+from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.rewards.base import Reward, RewardOutput  # noqa: E402
 from pipeline.rl.trainer import probe, probe_batch, run_iteration  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> int:
         raise SystemExit(f"needs the study's base model ({base}) and train split ({split}): run snakemake")
     train_rows = pd.read_parquet(split)
     method = method_spec(cfg.methods[args.method], cfg.sampling.train_steps, cfg.train.sde_steps)
-    settings = loop_settings(cfg.train, cfg.sampling)
+    settings = loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
     setups = {
         "mixed": dict(cfg.train.reward_weights),
         "ocr": {"ocr": 1.0},

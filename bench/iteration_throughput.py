@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config, curate, generate_prompts, train  # noqa: E402
 from pipeline.evaluation import LeafScorer  # noqa: E402
-from pipeline.models import load_policy  # noqa: E402
+from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.models.mini import MiniConfig, MiniModel, save_mini  # noqa: E402
 from pipeline.palette import COLOR_NAMES, PALETTE  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
@@ -181,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_workers:
         pools = [int(n) for n in args.compare_workers.split(",")]
         scoring_comparison(rewards, cfg.rewards.settings(), pools, 256, args.repeats)
-    warm_up = train.loop_settings(cfg.train, cfg.sampling)
+    warm_up = train.loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
     warm_method = train.method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps)
     timed_iteration("current", policy, initial, rewards, scorer, split, warm_method, warm_up)
     try:
         for setting in args.settings.split(","):
             train_cfg = dataclasses.replace(cfg.train, **(LARGE if setting == "large" else {}))
-            settings = train.loop_settings(train_cfg, cfg.sampling)
+            settings = train.loop_settings(train_cfg, dataclasses.asdict(cfg.sampling))
             for name in args.methods.split(","):
                 method = train.method_spec(cfg.methods[name], cfg.sampling.train_steps, train_cfg.sde_steps)
                 images = settings.prompts_per_iteration * method.schedule.leaves_per_prompt

@@ -21,7 +21,6 @@ reward and each reward.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config  # noqa: E402
+from pipeline import config, stage_params  # noqa: E402
 from pipeline.report_tables import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
 
 REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "quality": "quality_mean"}
@@ -51,15 +50,14 @@ def overridden(raw: dict, assignments: list[str]) -> dict:
     return raw
 
 
-def stage_json(cfg: config.StudyConfig, method: str) -> str:
-    slices = {
-        "train": cfg.train,
-        "method": cfg.methods[method],
-        "sampling": cfg.sampling,
-        "rewards": cfg.rewards,
-        "model": cfg.model,
-    }
-    return config.canonical_json({name: dataclasses.asdict(value) for name, value in slices.items()})
+def train_flags(cfg: config.StudyConfig, method: str) -> list[str]:
+    """The train rule's ``--config-json`` and ``--runtime-json`` for ``method`` (seed train.seed)."""
+    return [
+        "--config-json",
+        config.canonical_json(stage_params.train_params(cfg, method, cfg.train.seed)),
+        "--runtime-json",
+        config.canonical_json(stage_params.train_runtime(cfg)),
+    ]
 
 
 def summary(method: str, out_dir: Path) -> str:
@@ -84,13 +82,7 @@ def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path |
     rewards = out_dir / "rewards.parquet"
     if rewards.is_file():
         return rewards
-    settings = {
-        "sampling": cfg.sampling,
-        "model": cfg.model,
-        "evaluation": cfg.evaluation,
-        "train": cfg.train,
-    }
-    stage = config.canonical_json({k: dataclasses.asdict(v) for k, v in settings.items()})
+    stage = config.canonical_json(stage_params.eval_params(cfg, cfg.train.seed if weights else None))
     test = f"datasets/{cfg.dataset.name}/test.parquet"
     command = [sys.executable, "-m", "pipeline.sample_eval", "--model", name, "--base-model", str(base_dir)]
     command += ["--weights", str(weights)] if weights else []
@@ -100,7 +92,8 @@ def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path |
         [
             sys.executable, "-m", "pipeline.score", "--samples", str(out_dir / "samples.parquet"),
             "--out", str(rewards), "--rewards", ",".join(cfg.rewards.score),
-            "--settings-json", config.canonical_json(cfg.rewards.settings()), "--workers", "2",
+            "--settings-json", config.canonical_json(stage_params.score_params(cfg)["settings"]),
+            "--workers", "2",
         ],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -154,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         command = [
             sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
-            "--base-model", str(base_dir), "--config-json", stage_json(cfg, method),
+            "--base-model", str(base_dir), *train_flags(cfg, method),
             "--out-dir", str(out_dir), "--threads", str(threads),
         ]  # fmt: skip
         log = open(out_dir / "train.log", "w")  # noqa: SIM115 (closed after the job)
@@ -174,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate and not failed:
         root = Path("results/bench/learning")
         # The base model's evaluation, kept per pretraining and evaluation config.
-        base_key = config.config_hash(
-            {k: dataclasses.asdict(v) for k, v in (("pretrain", cfg.pretrain), ("model", cfg.model))}
-            | {"sampling": dataclasses.asdict(cfg.sampling), "evaluation": dataclasses.asdict(cfg.evaluation)}
-        )
+        base_key = config.config_hash(stage_params.pretrain_params(cfg) | stage_params.eval_params(cfg, None))
         tables = {"base": evaluate(cfg, "base", base_dir, None, root / f"base-{base_key[:12]}")}
         for method, out_dir, _, _ in jobs:
             tables[method] = evaluate(

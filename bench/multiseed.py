@@ -20,7 +20,6 @@ the first ``--pack-images`` test prompts only (what the report's grid shows), to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import subprocess
@@ -32,26 +31,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.learning_settings import overridden  # noqa: E402
-from pipeline import config  # noqa: E402
+from pipeline import config, stage_params  # noqa: E402
 
 
-def train_json(cfg: config.StudyConfig, method: str, seed: int) -> str:
-    """The train rule's params (rules/common.smk, method_params) for one run."""
-    train = dataclasses.asdict(dataclasses.replace(cfg.train, seed=seed))
-    train.pop("seeds")
-    slices = {"train": train, "method": dataclasses.asdict(cfg.methods[method])}
-    slices |= {k: dataclasses.asdict(getattr(cfg, k)) for k in ("sampling", "rewards", "model")}
-    return config.canonical_json(slices)
-
-
-def eval_json(cfg: config.StudyConfig, seed: int | None) -> str:
-    """The sample_eval rule's params (rules/common.smk, eval_params)."""
-    slices = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("sampling", "model", "evaluation")}
-    if seed is not None:
-        train = dataclasses.asdict(dataclasses.replace(cfg.train, seed=seed))
-        train.pop("seeds")
-        slices["train"] = train
-    return config.canonical_json(slices)
+def train_flags(cfg: config.StudyConfig, method: str, seed: int) -> list[str]:
+    """The train rule's ``--config-json`` and ``--runtime-json`` for one run."""
+    return [
+        "--config-json",
+        config.canonical_json(stage_params.train_params(cfg, method, seed)),
+        "--runtime-json",
+        config.canonical_json(stage_params.train_runtime(cfg)),
+    ]
 
 
 def run_all(commands: list[tuple[str, list[str], Path]], jobs: int) -> list[str]:
@@ -112,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             f"train {run}",
             [*python, "pipeline.train", "--method", method, "--train", str(args.train)]
-            + ["--base-model", str(args.base_model), "--config-json", train_json(cfg, method, seed)]
+            + ["--base-model", str(args.base_model), *train_flags(cfg, method, seed)]
             + ["--out-dir", str(args.out / "train" / run), "--threads", str(threads), *device],
             args.out / "logs" / "train" / f"{run}.log",
         )
@@ -141,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             weights = ["--weights", str(args.out / "train" / run / "weights.safetensors")]
         sample = [*python, "pipeline.sample_eval", "--model", model, "--base-model", str(args.base_model)]
-        sample += [*weights, "--test", str(args.test), "--config-json", eval_json(cfg, seed)]
+        sample += [
+            *weights,
+            "--test",
+            str(args.test),
+            "--config-json",
+            config.canonical_json(stage_params.eval_params(cfg, seed)),
+        ]
         sample += ["--out-dir", str(out), "--threads", str(threads), *device]
         score = [*python, "pipeline.score", "--samples", str(out / "samples.parquet")]
         score += ["--out", str(out / "rewards.parquet"), "--rewards", ",".join(cfg.rewards.score)]
-        score += ["--settings-json", config.canonical_json(cfg.rewards.settings())]
+        score += ["--settings-json", config.canonical_json(stage_params.score_params(cfg)["settings"])]
         score += ["--workers", str(args.score_workers)]
         chained = ["bash", "-c", f"{shlex.join(sample)} && {shlex.join(score)}"]
         evals.append((f"evaluate {model}", chained, args.out / "logs" / "eval" / f"{model}.log"))
@@ -175,10 +171,7 @@ def report(cfg: config.StudyConfig, outs: list[Path], base_card: Path | None, ta
         flags += ["--samples", f"{model}={folder / 'samples.parquet'}"]
     if base_card:
         flags += ["--base-card", str(base_card)]
-    slices = {k: dataclasses.asdict(getattr(cfg, k)) for k in ("report", "model", "rewards", "pretrain")}
-    slices |= {k: dataclasses.asdict(getattr(cfg, k)) for k in ("train", "sampling", "evaluation")}
-    slices["methods"] = {name: dataclasses.asdict(m) for name, m in cfg.methods.items()}
-    stage_json = config.canonical_json(slices)
+    stage_json = config.canonical_json(stage_params.report_params(cfg))
     command = [sys.executable, "-m", "pipeline.report", *flags, "--config-json", stage_json]
     return subprocess.run([*command, "--out-dir", str(target)], check=False).returncode
 

@@ -40,11 +40,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config  # noqa: E402
-from pipeline.evaluation import group_spread, ode_samples, score_images  # noqa: E402
-from pipeline.models import load_policy  # noqa: E402
+from pipeline.evaluation import group_spread, score_images  # noqa: E402
+from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas  # noqa: E402
-from pipeline.sampling.tree import guided_velocity, sample_tree  # noqa: E402
+from pipeline.sampling.tree import (  # noqa: E402
+    guided_velocity,
+    ode_samples,  # noqa: E402
+    sample_tree,
+)
 
 CANDIDATES = {"sde": ("sde", 0), "sde_ode_last": ("sde", -2), "cps": ("cps", 0)}
 

@@ -24,9 +24,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import score  # noqa: E402
+from pipeline.images import load_image  # noqa: E402
 from pipeline.palette import COLOR_NAMES, PALETTE  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
-from pipeline.rewards.images import load_image  # noqa: E402
 from tests.render import FONTS, contrasting_background, render  # noqa: E402
 
 NAMES = ["ocr", "color", "quality"]

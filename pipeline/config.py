@@ -1,8 +1,9 @@
 """Typed mirror of ``config.yaml`` and its validation.
 
 The JSON schema (``rules/schemas/config.schema.yaml``) is the single statement of what a
-config may hold; :func:`load` checks a config dict against it and turns it into frozen
-dataclasses with documented defaults. Errors name the key path and the bad value, e.g.
+config may hold, what each key means and its default; :func:`load` checks a config dict
+against it and turns it into frozen dataclasses whose defaults are read from it. Errors name
+the key path and the bad value, e.g.
 ``config key 'dataset.source.generator.n_train': -5 is less than the minimum of 1``.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -25,91 +27,130 @@ class ConfigError(ValueError):
     """A config that does not match the schema or names a missing file."""
 
 
+@cache
+def load_schema() -> dict:
+    """The config schema (parsed once per process)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def schema_node(path: str) -> dict:
+    """The schema of the config section or key at ``path`` (``train``, ``methods.*``, ``""``)."""
+    node = load_schema()
+    for key in filter(None, path.split(".")):
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    return node
+
+
+def _immutable(value):
+    """A schema default as a frozen dataclass default: lists as tuples, dicts by a factory."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return field(default_factory=lambda: dict(value))
+    return value
+
+
+def defaults_from_schema(path: str):
+    """Class decorator (under ``@dataclass``): every annotated field without a value of its own
+    takes its default from the schema at ``path``, so that the schema is the one home of the
+    defaults. Nested sections set their own ``field(default_factory=...)``; a field that is not
+    a config key (``TrainConfig.seed``) sets its own value and says why."""
+
+    def decorate(cls):
+        properties = schema_node(path).get("properties", {})
+        for name in cls.__annotations__:
+            if name in cls.__dict__:
+                continue
+            if "default" not in properties.get(name, {}):
+                raise TypeError(f"{cls.__name__}.{name}: {SCHEMA_PATH.name} has no default for {path}.{name}")
+            setattr(cls, name, _immutable(properties[name]["default"]))
+        return cls
+
+    return decorate
+
+
+# Each class mirrors one schema section; the schema documents its keys (python -m pipeline.config
+# --reference prints them).
 @dataclass(frozen=True)
+@defaults_from_schema("mlflow")
 class MlflowConfig:
-    # sqlite is the default because MLflow 3 refuses its file store.
-    tracking_uri: str = "sqlite:///results/mlflow.db"
-    experiment: str = "multi_grpo"
-    artifact_root: str = "results/mlartifacts"
+    tracking_uri: str
+    experiment: str
+    artifact_root: str
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("dataset.source.generator")
 class GeneratorConfig:
-    n_train: int = 2000
-    n_test: int = 200
-    # One upper-case word of 3 to 6 letters is what the mini model learns to render on 2 cores.
-    word_min_len: int = 3
-    word_max_len: int = 6
-    # Share of words kept out of training entirely, to measure generalisation to unseen words.
-    heldout_fraction: float = 0.2
-    seed: int = 0
+    n_train: int
+    n_test: int
+    word_min_len: int
+    word_max_len: int
+    heldout_fraction: float
+    seed: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("dataset.source.files")
 class FilesConfig:
-    train: str = ""
-    test: str = ""
-    # "START:STOP" 0-based lines of each file to curate; None = all lines.
-    train_lines: str | None = None
-    test_lines: str | None = None
+    train: str
+    test: str
+    train_lines: str | None
+    test_lines: str | None
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("dataset.source")
 class SourceConfig:
-    # generated | files (Flow-GRPO OCR prompt files) | captions (one caption per line)
-    kind: str = "generated"
+    kind: str
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("dataset.curation")
 class CurationConfig:
-    seed: int = 0
-    # Captions only (source kind "captions"): drop captions of fewer words. PickScore-25k was
-    # built from Pick-a-Pic captions of at least 6 words, so 6 is a no-op on those files.
-    min_words: int = 0
+    seed: int
+    min_words: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("dataset")
 class DatasetConfig:
-    # Folder under datasets/ for the curated splits and their card.
-    name: str = "ocr_color_10"
-    # Published split (CSV: line_id, source, color) that the test curation is compared with.
-    compare_with: str | None = None
+    name: str
+    compare_with: str | None
     source: SourceConfig = field(default_factory=SourceConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("rewards.ocr")
 class OcrSettings:
-    # rapidocr runs PaddleOCR's PP-OCR models as ONNX, shipped inside the wheel (offline).
-    backend: str = "rapidocr"
-    # auto: recognition only for single-line shapes (the mini model's 32 x 128 images),
-    # detection + recognition otherwise.
-    mode: str = "auto"
-    paddle_det_dir: str | None = None
-    paddle_rec_dir: str | None = None
+    backend: str
+    mode: str
+    paddle_det_dir: str | None
+    paddle_rec_dir: str | None
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("rewards.color")
 class ColorSettings:
-    # Softmax temperature over the palette in Delta-E units: ~10 keeps shades of one name
-    # above 0.8 and a neighbouring name's prototype below 0.2 (pipeline/rewards/color.py).
-    temperature: float = 10.0
-    use_ocr_boxes: bool = True
+    temperature: float
+    use_ocr_boxes: bool
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("rewards.pickscore")
 class PickScoreSettings:
-    model_dir: str | None = None
-    processor_dir: str | None = None
-    batch_size: int = 16
+    model_dir: str | None
+    processor_dir: str | None
+    batch_size: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("rewards")
 class RewardsConfig:
-    # What the scoring stage computes for every evaluation image.
-    score: tuple[str, ...] = ("ocr", "color", "quality")
+    score: tuple[str, ...]
     ocr: OcrSettings = field(default_factory=OcrSettings)
     color: ColorSettings = field(default_factory=ColorSettings)
     pickscore: PickScoreSettings = field(default_factory=PickScoreSettings)
@@ -120,170 +161,122 @@ class RewardsConfig:
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("model.mini")
 class MiniModelConfig:
-    # Sizes of the mini backend (pipeline/models/mini.py); ~4.6M parameters by default.
-    max_text_len: int = 12
-    d_model: int = 128
-    text_layers: int = 2
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    # Character position map channels (0 = off); it makes the fixed-layout task learnable
-    # in minutes on 2 cores (model card).
-    position_map_channels: int = 8
-    # Cell-phase and vertical coordinate channels after the map (pipeline/models/mini.py).
-    cell_coordinates: bool = True
-    # Learned per-character 2-D template channels after them (pipeline/models/mini.py; 0 = none).
-    template_channels: int = 0
+    max_text_len: int
+    d_model: int
+    text_layers: int
+    block_out_channels: tuple[int, ...]
+    position_map_channels: int
+    cell_coordinates: bool
+    template_channels: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("model")
 class ModelConfig:
-    # mini: built and pretrained by the workflow; sd3 / flux: a local diffusers folder (path).
-    backend: str = "mini"
-    path: str | None = None
-    resolution: int = 512  # sd3 only; the mini model is 32 x 128
-    dtype: str = "float32"
-    # flux only: FLUX.1-dev is guidance-distilled; this value feeds its guidance embedding
-    # (3.5 is its usual value and Flow-GRPO's). True CFG is sampling.guidance, as for sd3.
-    distilled_guidance: float = 3.5
+    backend: str
+    path: str | None
+    resolution: int
+    dtype: str
+    distilled_guidance: float
     mini: MiniModelConfig = field(default_factory=MiniModelConfig)
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("pretrain")
 class PretrainConfig:
-    # The step count is the contract; max_minutes guards this run's wall time and
-    # on_time_limit says what a trip does: fail (checkpoint kept, a rerun resumes) or stop
-    # early with the result marked as cut short (pipeline.time_guard).
-    steps: int = 800
-    max_minutes: float = 11.0
-    on_time_limit: str = "fail"
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    # Share of examples trained without text, so classifier-free guidance has an
-    # unconditional model to contrast with.
-    caption_dropout: float = 0.1
-    # Logit-normal noise levels: sigmoid(N(mean, std^2)), as SD3 trains.
-    sigma_mean: float = 0.0
-    sigma_std: float = 1.0
-    # Share of noise levels drawn uniformly instead (pipeline/flow_matching.mixed_sigmas).
-    sigma_uniform_share: float = 0.25
-    # Colour shades drawn up to this far (Delta-E) from each name's prototype, and the share
-    # of images on a competing palette-coloured background (pipeline/render.py).
-    shade_spread: float = 12.0
-    competing_background: float = 0.1
-    # Exponential moving average of the weights (0 = off); the saved model is the average.
-    ema_decay: float = 0.0
-    checkpoint_every: int = 50
-    seed: int = 0
+    steps: int
+    max_minutes: float
+    on_time_limit: str
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    caption_dropout: float
+    sigma_mean: float
+    sigma_std: float
+    sigma_uniform_share: float
+    shade_spread: float
+    competing_background: float
+    ema_decay: float
+    checkpoint_every: int
+    seed: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("sampling")
 class SamplingConfig:
-    # Denoising steps of RL rollouts and of evaluation (Flow-GRPO: 10 and 40 for SD3.5).
-    train_steps: int = 10
-    eval_steps: int = 16
-    guidance: float = 4.0
-    # SDE noise level a (Flow-GRPO: 0.7 for Flow-SDE, 0.8 for CPS).
-    noise_level: float = 0.7
-    sde_type: str = "sde"
-    shift: float = 3.0  # SD3's sigma shift
-    max_batch: int = 64  # rows per model call
+    train_steps: int
+    eval_steps: int
+    guidance: float
+    noise_level: float
+    sde_type: str
+    shift: float
+    max_batch: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("card")
 class CardConfig:
-    # SDE group statistics of the base model: prompts and samples per prompt.
-    group_prompts: int = 24
-    group_size: int = 8
-    seed: int = 0
+    group_prompts: int
+    group_size: int
+    seed: int
+
+
+# Train and pretrain keys that decide when and how a run is watched or laid out, not what it
+# learns: the workflow passes them outside the rerun trigger (pipeline.stage_params).
+TRAIN_RUNTIME_KEYS = (
+    "max_minutes",
+    "on_time_limit",
+    "score_workers",
+    "channels_last",
+    "probe_prompts",
+    "probe_every",
+    "probe_guidance",
+)
+PRETRAIN_RUNTIME_KEYS = ("max_minutes", "on_time_limit")
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("train")
 class TrainConfig:
-    # The iteration count is the contract; max_minutes guards this run's wall time and
-    # on_time_limit says what a trip does: fail (checkpoint kept, a rerun resumes) or stop
-    # early with the result marked as cut short (pipeline.time_guard).
-    iterations: int = 40
-    max_minutes: float = 8.0
-    on_time_limit: str = "fail"
-    prompts_per_iteration: int = 4
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    # LoRA on the denoiser's attention projections; 0 = full fine-tuning (mini only).
-    lora_rank: int = 0
-    lora_alpha: int = 0
-    # PPO clip range on dimension-averaged log-probabilities (Flow-GRPO: 1e-4 .. 1e-3).
-    clip_range: float = 1e-3
-    # Weight of the KL penalty to the reference policy (Flow-GRPO: 0.04 for OCR), in the units
-    # kl_units names: flow_grpo (the step's KL x |dt|, as Flow-GRPO's code computes it, so its
-    # betas carry over) or transition (the exact KL of one step's Gaussians; 9x flow_grpo's
-    # with 10 uniform steps).
-    beta: float = 0.04
-    kl_units: str = "flow_grpo"
-    max_grad_norm: float = 1.0
-    # Optimizer steps per iteration; the trained edges are split evenly between them.
-    optimizer_steps_per_iteration: int = 2
-    microbatch: int = 32  # edges per forward/backward pass (gradient accumulation)
-    # Guidance of the RL rollouts and loss (1 = no CFG, as Flow-GRPO's no-CFG variants; it
-    # halves the cost). Evaluation uses sampling.guidance.
-    guidance: float = 1.0
-    train_last_step: bool = False
-    # Share of the trainable edges (random, reseeded each iteration) that get a loss term: a
-    # DanceGRPO-style random subset, drawn over edges so that it applies to trees too (Flow-GRPO's
-    # timestep_fraction trains every step but the last). Below 1 it buys more prompts per
-    # iteration for the same training compute.
-    edge_fraction: float = 1.0
-    # Loss weight of a trained edge (pipeline.rl.credit): leaves = the leaves below it over the
-    # prompt's leaves (the per-trajectory objective: a tree's shared early edges count for every
-    # trajectory through them); uniform = every edge once. The same for flat groups.
-    edge_weighting: str = "leaves"
-    # Rollout steps 0 .. sde_steps - 1 are SDE and trained; later ones are ODE and not
-    # trained (0 = every step SDE, as Flow-GRPO). A window at the start, where the layout
-    # is decided, keeps late-step noise out of the reward and its small-std steps, whose
-    # log-probability gradients are the largest, out of the loss (MixGRPO trains a window).
-    sde_steps: int = 0
-    ema_decay: float = 0.0  # 0 = no EMA; Flow-GRPO uses 0.9
-    checkpoint_every: int = 4
-    # A fixed batch of train prompts sampled by ODE (train_steps, the rollouts' guidance, one
-    # fixed seed) before the first update, every probe_every iterations and after the last:
-    # a training-reward curve free of the per-iteration prompt draw (0 prompts = off).
-    probe_prompts: int = 16
-    probe_every: int = 4
-    # Guidance of the probe's ODE samples (null = the evaluation's, sampling.guidance); the probe
-    # samples with the evaluation's steps (sampling.eval_steps), so it previews the test split.
-    probe_guidance: float | None = None
-    # Training seeds of the study: every method trains once per seed, each its own job
-    # (rule train, wildcard seed), and the report compares methods across seeds.
-    seeds: tuple[int, ...] = (0,)
-    # The seed of one training run: set by the workflow from its seed wildcard, not in a
-    # study config (it seeds prompt draws, rollout noise and edge subsampling).
+    iterations: int
+    max_minutes: float
+    on_time_limit: str
+    prompts_per_iteration: int
+    learning_rate: float
+    weight_decay: float
+    lora_rank: int
+    lora_alpha: int
+    clip_range: float
+    beta: float
+    kl_units: str
+    max_grad_norm: float
+    optimizer_steps_per_iteration: int
+    microbatch: int
+    guidance: float
+    train_last_step: bool
+    edge_fraction: float
+    edge_weighting: str
+    sde_steps: int
+    ema_decay: float
+    checkpoint_every: int
+    probe_prompts: int
+    probe_every: int
+    probe_guidance: float | None
+    seeds: tuple[int, ...]
+    gpus: int
+    gradient_checkpointing: bool
+    mixed_precision: str
+    score_workers: int
+    channels_last: bool
+    reward_weights: dict
+    z_weights: dict | None
+    std_floor: dict
+    # Not a config key: the seed of one training run, set by the workflow from its seed
+    # wildcard (it seeds prompt draws, rollout noise and edge subsampling).
     seed: int = 0
-    # Processes (one per GPU) of the train rule, whose gpu resource takes this value; each
-    # samples and trains prompts_per_iteration / gpus prompts (it must divide), advantages use
-    # the whole batch and gradients are summed over processes, so results do not depend on it.
-    gpus: int = 1
-    # Recompute the denoiser's activations in the backward pass (less memory, more compute);
-    # the diffusers backends (sd3, flux) only.
-    gradient_checkpointing: bool = False
-    # "no" or "bf16": autocast of the denoiser's forward passes (rollouts and loss) in bf16;
-    # the trainable weights, their gradients and the optimizer state stay float32.
-    mixed_precision: str = "no"
-    # Reward worker processes that score the rollout leaves, each with its own single-threaded
-    # OCR engine built once (0 or 1 = in the training process); the scores do not depend on it.
-    score_workers: int = 0
-    # Keep the denoiser's weights in channels-last memory layout (the same maths, another
-    # convolution kernel order; bench/iteration_throughput.py measures the difference).
-    channels_last: bool = False
-    # Reward weights, shared by every method. Default: each reward's nominal range counts
-    # once (ocr and color are 0..1, quality is 0..10).
-    reward_weights: dict = field(default_factory=lambda: {"ocr": 1.0, "color": 1.0, "quality": 0.1})
-    # Weights on the per-reward z-scores of normalize_then_mix methods (null = 1 for every
-    # reward that reward_weights trains: each reward's spread counts once).
-    z_weights: dict | None = None
-    # Per reward, the smallest within-group std a normalize_then_mix method divides by (in the
-    # reward's units), so that a near-constant reward is not blown up to +-1 (0 = no floor).
-    std_floor: dict = field(default_factory=dict)
 
     def advantage_z_weights(self) -> dict[str, float]:
         """``z_weights``, or 1 for every reward with a non-zero ``reward_weights`` entry."""
@@ -298,52 +291,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("methods.*")
 class MethodConfig:
-    # Tree: roots per prompt, branching steps and factors, and how non-branching steps run.
-    roots: int = 8
-    branch_steps: tuple[int, ...] = ()
-    branch_factors: tuple[int, ...] = ()
-    between: str = "sde"
-    # mix_then_normalize (Flow-GRPO) or normalize_then_mix (reward-based grouping).
-    mixing: str = "mix_then_normalize"
-    std_mode: str = "group"  # group | global (the std over all prompts at one depth)
-    renormalize: str = "none"  # none | group | batch, after normalize_then_mix
-    aggregate: str = "mean"  # node value over descendant leaves: mean | max
+    roots: int
+    branch_steps: tuple[int, ...]
+    branch_factors: tuple[int, ...]
+    between: str
+    mixing: str
+    std_mode: str
+    renormalize: str
+    aggregate: str
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("evaluation")
 class EvaluationConfig:
-    # Seeds of the ODE evaluation samples (one image per test prompt and seed); several
-    # seeds give a spread across seeds in the report.
-    seeds: tuple[int, ...] = (0,)
-    # Evaluate only the first N test prompts (0 = all).
-    max_prompts: int = 0
-    # An undecodable image file fails the score stage (naming row and file) instead of
-    # getting a missing score with the reason "unreadable: ...".
-    strict_images: bool = False
-    # Equal-NFE comparison: every method without a tree is also evaluated at its training
-    # snapshot whose cumulative NFE is nearest this (tree) method's final NFE, per seed
-    # (null = off).
-    equal_nfe_reference: str | None = None
+    seeds: tuple[int, ...]
+    max_prompts: int
+    strict_images: bool
+    equal_nfe_reference: str | None
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("report")
 class ReportConfig:
-    # Prompts shown in the image grids (same prompts and seed across models).
-    grid_prompts: int = 8
-    title: str = "Multi-GRPO study"
-    # The method the others are compared with across seeds (paired differences of the
-    # balanced gain B and the worst reward W, with the 2x2 effects).
-    reference_method: str = "flow_grpo"
-    # Two-sided level of every test of the verdict (Holm across them), and the fewest training
-    # seeds per method that a verdict needs (below it: the minimum detectable effect only).
-    alpha: float = 0.05
-    min_seeds: int = 3
+    grid_prompts: int
+    title: str
+    reference_method: str
+    alpha: float
+    min_seeds: int
 
 
 @dataclass(frozen=True)
+@defaults_from_schema("")
 class StudyConfig:
-    study: str
+    study: str = field()  # required: no default
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
@@ -354,9 +336,8 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    # The methods this study trains (None = every method in the methods section).
-    run_methods: tuple[str, ...] | None = None
-    # name -> method; built from the config's methods section (only run_methods, if set)
+    run_methods: tuple[str, ...] | None
+    # name -> method, built from the config's methods section (only run_methods, if set)
     methods: dict = field(default_factory=dict)
 
 
@@ -379,8 +360,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def validate(raw: dict, source: str = "config") -> None:
     """Check ``raw`` against the schema; raise :class:`ConfigError` listing every problem."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft7Validator(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
@@ -409,7 +389,7 @@ def coerce_strings(raw, schema: dict | None = None):
     'report={grid_prompts: 6}'`` gives ``"6"``); the workflow coerces them so that such an
     override means what it says. Other strings are left for the schema check to report.
     """
-    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8")) if schema is None else schema
+    schema = load_schema() if schema is None else schema
     if isinstance(raw, dict):
         properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
         return {
@@ -526,7 +506,7 @@ def _check_study(cfg: StudyConfig, source: str) -> None:
             "so normalize_then_mix methods have no reward (null = 1 for every trained reward)"
         )
     reference = cfg.evaluation.equal_nfe_reference
-    if reference is not None and reference not in cfg.methods:
+    if reference is not None and cfg.methods and reference not in cfg.methods:
         raise ConfigError(
             f"{source}: config key 'evaluation.equal_nfe_reference': {reference!r} is not a method "
             f"of this study ({', '.join(cfg.methods)})"
@@ -570,6 +550,26 @@ def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, s
             f"{source}: config key '{key}.branch_steps': {list(method.branch_steps)} "
             f"must lie inside the SDE window, below train.sde_steps = {sde_steps}"
         )
+
+
+def check_reward_names(cfg: StudyConfig, known, source: str = "config") -> None:
+    """Fail on a reward name that is not in ``known`` (the registry, ``pipeline.rewards.REWARDS``),
+    naming the key. The schema takes any name, so that a new reward is its module and one
+    registry line; the registry is passed in because this module must not import the rewards
+    (every stage imports it, and would then rerun whenever a reward's code changes)."""
+    named = {
+        "rewards.score": list(cfg.rewards.score),
+        "train.reward_weights": list(cfg.train.reward_weights),
+        "train.z_weights": list(cfg.train.z_weights or {}),
+        "train.std_floor": list(cfg.train.std_floor),
+    }
+    for key, names in named.items():
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"{source}: config key {key!r}: unknown reward {', '.join(map(repr, unknown))} "
+                f"(rewards: {', '.join(known)})"
+            )
 
 
 def input_paths(cfg: StudyConfig) -> dict[str, str]:
@@ -641,30 +641,73 @@ def config_hash(obj) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:12]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _leaves(node: dict, path: tuple[str, ...] = ()):
+    """``(key path, schema)`` of every key with a default, in the schema's order."""
+    if "default" in node:
+        yield ".".join(path), node
+        return
+    for key, child in node.get("properties", {}).items():
+        yield from _leaves(child, (*path, key))
+    item = node.get("additionalProperties")
+    if isinstance(item, dict) and "properties" in item:
+        yield from _leaves(item, (*path, "NAME"))
+
+
+def reference_markdown() -> str:
+    """Every config key with its default and meaning, from the schema (docs/config.md)."""
+    lines = [
+        "# Configuration keys",
+        "",
+        f"Generated from `rules/schemas/{SCHEMA_PATH.name}` by `python -m pipeline.config --reference`;",
+        "edit the schema, not this file. A key a study config leaves out takes its default.",
+        "`config.yaml` (the default study) states every key with the reason for its value.",
+    ]
+    section = None
+    for key, node in _leaves(load_schema()):
+        top = key.split(".")[0]
+        if top != section:
+            section = top
+            lines += ["", f"## {top}", "", "| key | default | meaning |", "|---|---|---|"]
+        default = json.dumps(node["default"])
+        meaning = str(node.get("description", "")).replace("|", "\\|")
+        lines.append(f"| `{key}` | `{default}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, reward_names: list[str] | None = None) -> int:
     """``python -m pipeline.config FILE ...``: check config files as the workflow does.
 
     Every file is parsed strictly (syntax errors and duplicate keys name file and line). A
-    whole config is then checked like the workflow's (schema, cross-key checks, local paths);
-    an overlay for ``--configfile`` (one without every top-level key) is checked merged onto
-    ``--base`` (default ``config.yaml``), as Snakemake merges it. Snakemake's own loader
-    reports a broken ``--configfile`` without file or line, hence this command.
+    whole config is then checked like the workflow's (schema, cross-key checks, local paths,
+    and reward names against ``reward_names``, the registry, when given); an overlay for
+    ``--configfile`` (one without every top-level key) is checked merged onto ``--base``
+    (default ``config.yaml``), as Snakemake merges it. Snakemake's own loader reports a broken
+    ``--configfile`` without file or line, hence this command. ``--reference`` prints every
+    key's default and meaning instead.
     """
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--base", type=Path, default=Path("config.yaml"), help="what an overlay extends")
     parser.add_argument("--no-paths", action="store_true", help="do not check that input paths exist")
+    parser.add_argument("--reference", action="store_true", help="print every key's default and meaning")
     args = parser.parse_args(argv)
-    required = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8")).get("required", [])
+    if args.reference:
+        print(reference_markdown(), end="")
+        return 0
+    if not args.files:
+        parser.error("give config files to check, or --reference")
+    required = load_schema().get("required", [])
     failed = 0
     for path in args.files:
         try:
             raw = read_yaml(path)
             if not all(key in raw for key in required):
                 raw = _merged(read_yaml(args.base), raw)
-            load(raw, str(path), check_paths=not args.no_paths)
+            cfg = load(raw, str(path), check_paths=not args.no_paths)
+            if reward_names is not None:
+                check_reward_names(cfg, reward_names, str(path))
         except (ConfigError, OSError) as error:
             print(f"{path}: {error}" if isinstance(error, OSError) else str(error))
             failed += 1
@@ -684,4 +727,8 @@ def _merged(base: dict, overlay: dict) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Imported here, where this module is the command: every stage imports this module, and
+    # would otherwise depend on (and rerun for) every reward's source (pipeline.sources).
+    from pipeline.rewards import REWARDS
+
+    raise SystemExit(main(reward_names=list(REWARDS)))

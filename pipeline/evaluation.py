@@ -1,38 +1,12 @@
-"""Sampling and scoring helpers shared by the model card, evaluation and training stages."""
+"""Scoring helpers shared by the model card and the training stage."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from pipeline.models.policy import Policy
 from pipeline.rewards import Reward
 from pipeline.rewards.pool import reward_pool, worker_rewards
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
-from pipeline.sampling.tree import TreeRollout, sample_tree
-
-
-def ode_samples(
-    policy: Policy,
-    prompts: list[str],
-    steps: int,
-    guidance: float,
-    seed: int,
-    max_batch: int = 64,
-    shift: float = 3.0,
-) -> TreeRollout:
-    """One deterministic (ODE) sample per prompt: images ``[P, H, W, 3]`` in prompt order."""
-    schedule = TreeSchedule(num_steps=steps, roots=1, between="ode")
-    return sample_tree(
-        policy,
-        prompts,
-        schedule,
-        flow_sigmas(steps, shift),
-        guidance=guidance,
-        noise_level=0.0,
-        max_batch=max_batch,
-        seed=seed,
-    )
 
 
 def score_images(
@@ -112,14 +86,3 @@ def group_spread(scores: pd.DataFrame, groups: np.ndarray, names: list[str]) -> 
         stats[f"{name}_group_std"] = float(std.mean())
         stats[f"{name}_groups_with_spread"] = float((std > 1e-6).mean())
     return stats
-
-
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """``[N, H, W, 3]`` -> one uint8 grid image (rows of ``columns``; blank cells padded)."""
-    n, h, w, c = images.shape
-    rows = -(-n // columns)
-    grid = np.full((rows * h, columns * w, c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, q = divmod(i, columns)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
-    return grid

@@ -27,7 +27,8 @@ from PIL import Image
 
 from pipeline import io, tracking
 from pipeline.config import CardConfig, RewardsConfig, SamplingConfig
-from pipeline.evaluation import group_spread, image_grid, score_images
+from pipeline.evaluation import group_spread, score_images
+from pipeline.images import image_grid
 from pipeline.models.mini import MiniPolicy, load_mini
 from pipeline.report_tables import per_image_table
 from pipeline.rewards import build_rewards
@@ -64,13 +65,14 @@ def group_figures(
     test: pd.DataFrame,
     sampling: SamplingConfig,
     card: CardConfig,
-    rewards_cfg: RewardsConfig,
+    reward_names: list[str],
+    reward_settings: dict,
     rollout: dict,
 ) -> dict:
     """SDE groups of the first test prompts under the training sampler (``rollout``: the
     rollouts' ``guidance`` and ``sde_steps``): each reward's mean, mean within-group std and
     share of groups with spread."""
-    rewards = build_rewards(list(rewards_cfg.score), rewards_cfg.settings())
+    rewards = build_rewards(reward_names, reward_settings)
     prompts, texts, colors = list(test.prompt), list(test.text), list(test.color)
     n = min(card.group_prompts, len(test))
     schedule = TreeSchedule(
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = json.loads(args.config_json)
     sampling, card = SamplingConfig(**raw["sampling"]), CardConfig(**raw["card"])
-    rewards_cfg = RewardsConfig(score=tuple(raw["rewards"]["score"]))
+    reward_names = list(raw["rewards"]["score"])
+    settings = RewardsConfig().settings() | {k: v for k, v in raw["rewards"].items() if k != "score"}
     if args.threads:
         import torch
 
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = pd.read_parquet(args.samples)
         figures = test_figures(samples, pd.read_parquet(args.rewards), heldout)
         figures["sde_groups"] = group_figures(
-            policy, pd.read_parquet(args.test), sampling, card, rewards_cfg, raw["rollout"]
+            policy, pd.read_parquet(args.test), sampling, card, reward_names, settings, raw["rollout"]
         )
         figures |= {
             "train_steps": info["steps"],

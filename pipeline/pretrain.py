@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline import io, tracking
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.config import MiniModelConfig, PretrainConfig, config_hash
+from pipeline.config import PRETRAIN_RUNTIME_KEYS, MiniModelConfig, PretrainConfig, config_hash
 from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.render import Layout, render_example
@@ -170,13 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, required=True, help="curated train split (Parquet)")
     parser.add_argument("--config-json", required=True, help='{"pretrain": {...}, "mini": {...}}')
+    parser.add_argument(
+        "--runtime-json", required=True, help='{"max_minutes": ..., "on_time_limit": ...}: the time guard'
+    )
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
-    raw = json.loads(args.config_json)
-    cfg = PretrainConfig(**raw["pretrain"])
+    raw, runtime = json.loads(args.config_json), json.loads(args.runtime_json)
+    cfg = PretrainConfig(**raw["pretrain"], **{key: runtime[key] for key in PRETRAIN_RUNTIME_KEYS})
     mini_cfg = MiniModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["mini"].items()})
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
@@ -188,16 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _pretrain(args, raw, cfg, mini_cfg, train_split)
+        return _pretrain(args, raw, runtime, cfg, mini_cfg, train_split)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
 
 def _pretrain(
-    args, raw: dict, cfg: PretrainConfig, mini_cfg: MiniModelConfig, train_split: pd.DataFrame
+    args, raw: dict, runtime: dict, cfg: PretrainConfig, mini_cfg: MiniModelConfig, train_split: pd.DataFrame
 ) -> int:
     model = build_model(mini_cfg, cfg.seed)
-    with tracking.stage_run(args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE) as run:
+    resume_file = args.out_dir / tracking.RESUME_RUN_FILE
+    with tracking.stage_run(args, raw | {"runtime": runtime}, resume_file=resume_file) as run:
+        # The checkpoint belongs to what decides the weights: after a changed time guard it resumes.
         info = train(model, train_split, cfg, args.out_dir, run, config_hash(raw))
         save_mini(model, args.out_dir / "model")
         metrics = pd.DataFrame(info.pop("history"))

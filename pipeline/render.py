@@ -22,8 +22,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.images import srgb_to_lab
 from pipeline.palette import COLOR_NAMES, PALETTE
-from pipeline.rewards.images import srgb_to_lab
 
 FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono-Bold.ttf"
 PALETTE_LAB = srgb_to_lab(np.array([PALETTE[c] for c in COLOR_NAMES], dtype=np.float64))
@@ -54,7 +54,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`pipeline.rewards.images.srgb_to_lab` for one ``[3]`` colour -> 0..255."""
+    """Inverse of :func:`pipeline.images.srgb_to_lab` for one ``[3]`` colour -> 0..255."""
     lightness, a, b = lab
     fy = (lightness + 16) / 116
     fx, fz = fy + a / 500, fy - b / 200

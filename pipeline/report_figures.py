@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.evaluation import image_grid  # noqa: E402
+from pipeline.images import image_grid  # noqa: E402
 from pipeline.report_tables import REWARD_LABELS, seed_mean_curve  # noqa: E402
 from pipeline.seeds import split_run  # noqa: E402
 

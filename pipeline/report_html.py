@@ -205,7 +205,7 @@ def warnings_for(
         if done < wanted:
             warnings.append(
                 f"Pretraining was cut short: {done} of {wanted} steps (its time guard, "
-                f"pretrain.max_minutes = {raw['pretrain']['max_minutes']}, tripped with on_time_limit: stop)."
+                "pretrain.max_minutes, tripped with on_time_limit: stop)."
             )
     if "train" in raw:
         wanted = raw["train"]["iterations"]
@@ -213,7 +213,7 @@ def warnings_for(
             if info.get("iterations", 0) < wanted:
                 warnings.append(
                     f"Training of {method} was cut short: {info.get('iterations', 0)} of {wanted} iterations "
-                    f"(train.max_minutes = {raw['train']['max_minutes']}, tripped with on_time_limit: stop)."
+                    "(its time guard, train.max_minutes, tripped with on_time_limit: stop)."
                 )
     sampling = raw.get("sampling", {})
     if "train" in raw and sampling and sampling.get("guidance") != raw["train"].get("guidance"):

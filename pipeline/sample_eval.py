@@ -32,9 +32,8 @@ from tqdm import tqdm
 
 from pipeline import io, tracking
 from pipeline.checkpoint import snapshot_files
-from pipeline.config import SamplingConfig
-from pipeline.evaluation import ode_samples
-from pipeline.models import load_policy
+from pipeline.models.backends import backend_options, load_policy
+from pipeline.sampling.tree import ode_samples
 
 
 def load_trained(policy, weights: Path) -> None:
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw = json.loads(args.config_json)
-    sampling, model, evaluation = SamplingConfig(**raw["sampling"]), raw["model"], raw["evaluation"]
+    sampling, model, evaluation = raw["sampling"], raw["model"], raw["evaluation"]
     if args.threads:
         torch.set_num_threads(args.threads)
     train = raw.get("train", {})
@@ -110,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         args.base_model,
         lora_rank=train.get("lora_rank", 0) if trained else 0,
         lora_alpha=train.get("lora_alpha", 0),
-        resolution=model["resolution"],
-        dtype=model["dtype"],
         device=args.device,
         trainable=trained,
-        distilled_guidance=model["distilled_guidance"],
+        **backend_options(model),
     )
     if trained:
         load_trained(policy, args.weights)
@@ -127,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             rollout = ode_samples(
                 policy,
                 list(test.prompt),
-                sampling.eval_steps,
-                sampling.guidance,
+                sampling["eval_steps"],
+                sampling["guidance"],
                 seed,
-                sampling.max_batch,
-                sampling.shift,
+                sampling["max_batch"],
+                sampling["shift"],
             )
             for image, record in zip(rollout.images, test.itertuples(index=False), strict=True):
                 relative = Path("images") / f"{record.line_id}_{seed}.png"

@@ -34,9 +34,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import io, tracking
+from pipeline.images import load_image
 from pipeline.rewards import REWARDS, Reward, build_rewards, check_names
 from pipeline.rewards.base import target_color, target_text
-from pipeline.rewards.images import load_image
 from pipeline.rewards.pool import reward_pool, worker_rewards
 
 # Images per worker task: large enough to amortise inter-process traffic, small enough to

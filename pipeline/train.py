@@ -2,7 +2,11 @@
 
     python -m pipeline.train --method multi_grpo --train train.parquet --base-model DIR \
         --config-json '{"train": ..., "method": ..., "sampling": ..., "rewards": ..., "model": ...}' \
-        --out-dir DIR [--nproc N]
+        --runtime-json '{"max_minutes": ..., "probe_steps": ..., ...}' --out-dir DIR [--nproc N]
+
+``--config-json`` holds what decides the trained weights (pipeline.stage_params.train_params);
+``--runtime-json`` the time guard, worker count, memory layout and probe settings, which do not
+(train_runtime), so that changing them neither reruns the job nor invalidates its checkpoint.
 
 Per iteration: sample a forest for a few training prompts (the method's tree schedule),
 score the leaves with the reward registry in process, compute the method's advantages and
@@ -50,9 +54,9 @@ from pipeline.checkpoint import (
     snapshot_files,
     snapshot_name,
 )
-from pipeline.config import MethodConfig, RewardsConfig, SamplingConfig, TrainConfig, config_hash
+from pipeline.config import TRAIN_RUNTIME_KEYS, MethodConfig, RewardsConfig, TrainConfig, config_hash
 from pipeline.evaluation import LeafScorer
-from pipeline.models import load_policy
+from pipeline.models.backends import backend_options, load_policy
 from pipeline.models.policy import trainable_state
 from pipeline.rewards import build_rewards
 from pipeline.rl import distributed
@@ -75,7 +79,9 @@ def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodS
     return MethodSpec(schedule, method.mixing, method.std_mode, method.renormalize, method.aggregate)
 
 
-def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
+def loop_settings(train: TrainConfig, sampling: dict) -> LoopSettings:
+    """The trainer's settings from the train config and the rollout sampling keys
+    (``train_steps``, ``noise_level``, ``sde_type``, ``shift``, ``max_batch``)."""
     return LoopSettings(
         prompts_per_iteration=train.prompts_per_iteration,
         clip_range=train.clip_range,
@@ -84,10 +90,10 @@ def loop_settings(train: TrainConfig, sampling: SamplingConfig) -> LoopSettings:
         optimizer_steps_per_iteration=train.optimizer_steps_per_iteration,
         microbatch=train.microbatch,
         guidance=train.guidance,
-        noise_level=sampling.noise_level,
-        sde_type=sampling.sde_type,
-        shift=sampling.shift,
-        max_batch=sampling.max_batch,
+        noise_level=sampling["noise_level"],
+        sde_type=sampling["sde_type"],
+        shift=sampling["shift"],
+        max_batch=sampling["max_batch"],
         train_last_step=train.train_last_step,
         edge_fraction=train.edge_fraction,
         seed=train.seed,
@@ -111,23 +117,37 @@ def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def train(policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks = SINGLE) -> dict:
+def run_config(raw: dict, runtime: dict) -> TrainConfig:
+    """The run's train config: the weight-deciding keys of ``raw`` and the run-time ones."""
+    return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
+
+
+def train(
+    policy, train_split: pd.DataFrame, raw: dict, runtime: dict, out_dir: Path, run, ranks: Ranks = SINGLE
+) -> dict:
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
-    cfg = TrainConfig(**raw["train"])
+    cfg = run_config(raw, runtime)
     names = cfg.trained_rewards()
     reward_settings = RewardsConfig().settings() | raw["rewards"]
     scorer = LeafScorer(build_rewards(names, reward_settings), cfg.score_workers, reward_settings)
     try:
-        return _train_loop(policy, train_split, raw, out_dir, run, ranks, scorer)
+        return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer)
     finally:
         scorer.close()
 
 
 def _train_loop(
-    policy, train_split: pd.DataFrame, raw: dict, out_dir: Path, run, ranks: Ranks, scorer: LeafScorer
+    policy,
+    train_split: pd.DataFrame,
+    raw: dict,
+    runtime: dict,
+    out_dir: Path,
+    run,
+    ranks: Ranks,
+    scorer: LeafScorer,
 ) -> dict:
-    cfg, sampling = TrainConfig(**raw["train"]), SamplingConfig(**raw["sampling"])
-    method = method_spec(MethodConfig(**raw["method"]), sampling.train_steps, cfg.sde_steps)
+    cfg, sampling = run_config(raw, runtime), raw["sampling"]
+    method = method_spec(MethodConfig(**raw["method"]), sampling["train_steps"], cfg.sde_steps)
     settings = loop_settings(cfg, sampling)
     parameters = policy.trainable_parameters()
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
@@ -155,14 +175,14 @@ def _train_loop(
     # Rank 0 probes alone (the others wait for it at the next collective).
     probing = cfg.probe_prompts > 0 and ranks.is_main
     probe_prompts = probe_batch(train_split, cfg.probe_prompts, cfg.seed) if probing else None
-    # The probe previews the test split: the evaluation's guidance and steps.
-    probe_settings = dataclasses.replace(settings, guidance=cfg.probe_guidance or sampling.guidance)
+    # The probe previews the test split: the evaluation's steps and (by default) guidance.
+    probe_settings = dataclasses.replace(settings, guidance=runtime["probe_guidance"])
 
     def probe_now(updates: int) -> None:
         """Score the probe batch after ``updates`` iterations (once per count, resume-safe)."""
         if probe_prompts is None or any(row["iteration"] == updates for row in probes):
             return
-        row = probe(policy, scorer.rewards, probe_prompts, probe_settings, sampling.eval_steps)
+        row = probe(policy, scorer.rewards, probe_prompts, probe_settings, runtime["probe_steps"])
         probes.append(row | {"iteration": updates, "nfe_cumulative": cumulative})
         run.log_metrics({f"probe_{k}": v for k, v in row.items()}, step=updates)
         print(json.dumps({"probe_after": updates} | {k: round(v, 4) for k, v in row.items()}))
@@ -276,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True, help="method name (for records)")
     parser.add_argument("--train", type=Path, required=True, help="curated train split (Parquet)")
     parser.add_argument("--base-model", type=Path, required=True, help="base model folder")
-    parser.add_argument("--config-json", required=True)
+    parser.add_argument("--config-json", required=True, help="what decides the weights")
+    parser.add_argument("--runtime-json", required=True, help="guards, workers, layout, probe")
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads of the job (shared by its processes)"
@@ -286,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
-    raw = json.loads(args.config_json)
-    model, cfg = raw["model"], TrainConfig(**raw["train"])
+    raw, runtime = json.loads(args.config_json), json.loads(args.runtime_json)
+    model, cfg = raw["model"], run_config(raw, runtime)
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
     try:
@@ -306,21 +327,21 @@ def main(argv: list[str] | None = None) -> int:
             args.base_model,
             lora_rank=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
-            resolution=model["resolution"],
-            dtype=model["dtype"],
             device=device,
             gradient_checkpointing=cfg.gradient_checkpointing,
-            distilled_guidance=model["distilled_guidance"],
+            **backend_options(model),
         )
         if cfg.channels_last:
             policy.module.to(memory_format=torch.channels_last)
         tracked = (
-            tracking.stage_run(args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE)
+            tracking.stage_run(
+                args, raw | {"runtime": runtime}, resume_file=args.out_dir / tracking.RESUME_RUN_FILE
+            )
             if ranks.is_main
             else contextlib.nullcontext(tracking.StageRun())
         )
         with tracked as run:
-            info = train(policy, pd.read_parquet(args.train), raw, args.out_dir, run, ranks)
+            info = train(policy, pd.read_parquet(args.train), raw, runtime, args.out_dir, run, ranks)
             if ranks.is_main:
                 write_outputs(args.out_dir, policy, info | {"method": args.method})
     finally:

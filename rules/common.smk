@@ -1,12 +1,14 @@
 # Helpers shared by all rules files (the validated config, per-stage sources and params, and
 # the study's target list); no rules here.
-import dataclasses
 import json
 import shlex
 from pathlib import Path
 
 from pipeline import config as study_config
+from pipeline import sources as study_sources
+from pipeline import stage_params as stage_json
 from pipeline.environment import interpreter_first_on_path
+from pipeline.rewards import REWARDS
 
 # Job shells run `python -m pipeline.<stage>`: make that this Snakemake's own interpreter.
 interpreter_first_on_path()
@@ -20,6 +22,7 @@ for _configfile in workflow.configfiles:
 # bad key, type or value fails here, before any job.
 config.update(study_config.coerce_strings(config))
 CFG = study_config.load(config, source="the study config")
+study_config.check_reward_names(CFG, REWARDS, source="the study config")
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"
 RESULTS = f"results/{CFG.study}"
@@ -27,140 +30,21 @@ MLFLOW_RECORD = f"{RESULTS}/mlflow_experiment.json"
 SPLITS = ("train", "test")
 
 
-REWARD_SOURCES = [
-    f"pipeline/rewards/{name}.py"
-    for name in (
-        "__init__",
-        "base",
-        "color",
-        "foreground",
-        "images",
-        "ocr",
-        "ocr_reward",
-        "pickscore",
-        "pool",
-        "quality",
-    )
-]
 BASE_DIR = f"{RESULTS}/base_model"
-
-# The pipeline/ modules each stage runs, so that editing one reruns only the stages using it.
-COMMON_SOURCES = [
-    "pipeline/__init__.py",
-    "pipeline/io.py",
-    "pipeline/tracking.py",
-    "pipeline/config.py",
-]
-STAGE_SOURCES = {
-    "mlflow_init": ["pipeline/mlflow_init.py"],
-    "generate_prompts": ["pipeline/generate_prompts.py", "pipeline/palette.py"],
-    "curate": ["pipeline/curate.py", "pipeline/curation.py", "pipeline/palette.py"],
-    "curate_captions": [
-        "pipeline/curate_captions.py",
-        "pipeline/curate.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-    ],
-    "pretrain": [
-        "pipeline/pretrain.py",
-        "pipeline/checkpoint.py",
-        "pipeline/flow_matching.py",
-        "pipeline/render.py",
-        "pipeline/models/__init__.py",
-        "pipeline/models/mini.py",
-        "pipeline/models/policy.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-        "pipeline/rewards/images.py",
-    ],
-    "model_card": [
-        "pipeline/model_card.py",
-        "pipeline/report_tables.py",
-        "pipeline/evaluation.py",
-        "pipeline/models/__init__.py",
-        "pipeline/models/mini.py",
-        "pipeline/models/policy.py",
-        "pipeline/sampling/__init__.py",
-        "pipeline/sampling/sde.py",
-        "pipeline/sampling/schedule.py",
-        "pipeline/sampling/tree.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-        *REWARD_SOURCES,
-    ],
-    "train": [
-        "pipeline/train.py",
-        "pipeline/checkpoint.py",
-        "pipeline/evaluation.py",
-        "pipeline/rl/__init__.py",
-        "pipeline/rl/advantages.py",
-        "pipeline/rl/distributed.py",
-        "pipeline/rl/credit.py",
-        "pipeline/rl/ema.py",
-        "pipeline/rl/loss.py",
-        "pipeline/rl/trainer.py",
-        "pipeline/models/__init__.py",
-        "pipeline/models/mini.py",
-        "pipeline/models/sd3.py",
-        "pipeline/models/flux.py",
-        "pipeline/models/policy.py",
-        "pipeline/sampling/__init__.py",
-        "pipeline/sampling/sde.py",
-        "pipeline/sampling/schedule.py",
-        "pipeline/sampling/tree.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-        *REWARD_SOURCES,
-    ],
-    "sample_eval": [
-        "pipeline/sample_eval.py",
-        "pipeline/checkpoint.py",
-        "pipeline/evaluation.py",
-        "pipeline/models/__init__.py",
-        "pipeline/models/mini.py",
-        "pipeline/models/sd3.py",
-        "pipeline/models/flux.py",
-        "pipeline/models/policy.py",
-        "pipeline/sampling/__init__.py",
-        "pipeline/sampling/sde.py",
-        "pipeline/sampling/schedule.py",
-        "pipeline/sampling/tree.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-    ],
-    "score": [
-        "pipeline/score.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-        *REWARD_SOURCES,
-    ],
-    "report": [
-        "pipeline/report.py",
-        "pipeline/report_tables.py",
-        "pipeline/report_figures.py",
-        "pipeline/report_html.py",
-        "pipeline/analysis.py",
-        "pipeline/seeds.py",
-        "pipeline/evaluation.py",
-    ],
-    "dataset_card": [
-        "pipeline/dataset_card.py",
-        "pipeline/agreement.py",
-        "pipeline/curation.py",
-        "pipeline/palette.py",
-    ],
-}
 
 
 def stage_sources(stage):
-    """The Python sources of ``stage`` (inputs, so that a code change reruns it).
+    """The Python files ``python -m pipeline.<stage>`` runs: its module and every ``pipeline``
+    module it imports, directly or through others (``pipeline.sources``), so that editing one
+    reruns exactly the stages that run it.
 
-    ``mlflow_init`` lists only its own module: every other rule depends on its record, so
-    editing a shared module must not rerun it (that would rerun the whole study).
+    ``mlflow_init`` lists only its own module: every other rule depends on its record, so a
+    shared module (``pipeline/tracking.py``) reruns the stages importing it, not the whole
+    study through the record.
     """
     if stage == "mlflow_init":
-        return STAGE_SOURCES[stage]
-    return COMMON_SOURCES + STAGE_SOURCES[stage]
+        return ["pipeline/mlflow_init.py"]
+    return study_sources.stage_sources(f"pipeline.{stage}")
 
 
 def stage_params(*path):
@@ -171,20 +55,21 @@ def stage_params(*path):
     return study_config.canonical_json(node)
 
 
-def json_params(**slices):
-    """Canonical JSON of several config slices (dataclasses or plain dicts), e.g.
-    ``json_params(pretrain=CFG.pretrain)``."""
-    return study_config.canonical_json(
-        {
-            k: v if isinstance(v, dict) else dataclasses.asdict(v)
-            for k, v in slices.items()
-        }
-    )
+def config_json(stage):
+    """Canonical JSON of what ``stage`` reads (``pipeline.stage_params.<stage>_params``)."""
+    return study_config.canonical_json(getattr(stage_json, f"{stage}_params")(CFG))
 
 
-def method_configs():
-    """The study's methods as plain dicts (name -> settings), for params."""
-    return {name: dataclasses.asdict(method) for name, method in CFG.methods.items()}
+def runtime_json(slice_of_config):
+    """A params function handing a stage its run-time settings (``pipeline.stage_params``'s
+    ``*_runtime``) outside the rerun trigger: Snakemake leaves a params function that takes
+    ``resources`` out of the params it compares, as derived from the job, so changing a time
+    guard or a worker count reruns nothing."""
+
+    def params(wildcards, resources):
+        return study_config.canonical_json(slice_of_config(CFG))
+
+    return params
 
 
 def shell_flags(*pairs):
@@ -216,22 +101,10 @@ def base_model_files(wildcards):
     return [f"{CFG.model.path}/model_index.json"]
 
 
-def run_train_config(seed):
-    """The train config of one training run: ``seed`` set, the study's seed list left out (so
-    that adding a seed reruns no existing run)."""
-    train = dataclasses.asdict(dataclasses.replace(CFG.train, seed=int(seed)))
-    train.pop("seeds")
-    return train
-
-
-def method_params(wildcards):
-    """Canonical JSON of everything one training run reads from the config."""
-    return json_params(
-        train=run_train_config(wildcards.seed),
-        method=CFG.methods[wildcards.method],
-        sampling=CFG.sampling,
-        rewards=CFG.rewards,
-        model=CFG.model,
+def train_params(wildcards):
+    """Canonical JSON of what decides one training run's weights."""
+    return study_config.canonical_json(
+        stage_json.train_params(CFG, wildcards.method, int(wildcards.seed))
     )
 
 
@@ -284,18 +157,11 @@ def weights_flag(wildcards, input):
 
 
 def eval_params(wildcards):
-    """Evaluation settings; a trained run's also include its training config (LoRA shape)."""
-    if wildcards.model == "base":
-        return json_params(
-            sampling=CFG.sampling, model=CFG.model, evaluation=CFG.evaluation
-        )
-    seed = {**RUNS, **EQUAL_NFE}[wildcards.model][1]
-    return json_params(
-        sampling=CFG.sampling,
-        model=CFG.model,
-        evaluation=CFG.evaluation,
-        train=run_train_config(seed),
+    """Evaluation settings; a trained run's also its adapter shape."""
+    seed = (
+        None if wildcards.model == "base" else {**RUNS, **EQUAL_NFE}[wildcards.model][1]
     )
+    return study_config.canonical_json(stage_json.eval_params(CFG, seed))
 
 
 def report_inputs(wildcards):

@@ -48,7 +48,7 @@ rule score:
     threads: 2
     params:
         names=",".join(CFG.rewards.score),
-        settings=study_config.canonical_json(CFG.rewards.settings()),
+        settings=study_config.canonical_json(stage_json.score_params(CFG)["settings"]),
         strict="--strict" if CFG.evaluation.strict_images else "",
         wildcards=wildcards_json,
     shell:
@@ -94,16 +94,7 @@ rule report:
     conda:
         "../envs/pipeline.yaml"
     params:
-        cfg=json_params(
-            report=CFG.report,
-            model=CFG.model,
-            rewards=CFG.rewards,
-            pretrain=CFG.pretrain,
-            train=CFG.train,
-            sampling=CFG.sampling,
-            evaluation=CFG.evaluation,
-            methods=method_configs(),
-        ),
+        cfg=config_json("report"),
         flags=report_flags,
         out_dir=output_dir,
     shell:

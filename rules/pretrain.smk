@@ -18,10 +18,12 @@ rule pretrain_base:
         "../envs/pipeline.yaml"
     threads: 2
     params:
-        cfg=json_params(pretrain=CFG.pretrain, mini=CFG.model.mini),
+        cfg=config_json("pretrain"),
+        runtime=runtime_json(stage_json.pretrain_runtime),
         out_dir=output_dir,
     shell:
         "python -u -m pipeline.pretrain --train {input.train:q} --config-json {params.cfg:q} "
+        "--runtime-json {params.runtime:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
         "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
 
@@ -46,12 +48,7 @@ rule base_model_card:
         "../envs/pipeline.yaml"
     threads: 2
     params:
-        cfg=json_params(
-            sampling=CFG.sampling,
-            rewards=CFG.rewards,
-            card=CFG.card,
-            rollout={"guidance": CFG.train.guidance, "sde_steps": CFG.train.sde_steps},
-        ),
+        cfg=config_json("card"),
         out_dir=output_dir,
         model_dir=lambda wildcards, input: str(Path(input.model).parent),
         vocab=vocab_flag,

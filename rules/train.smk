@@ -25,12 +25,14 @@ rule train:
     resources:
         gpu=CFG.train.gpus,
     params:
-        cfg=method_params,
+        cfg=train_params,
+        runtime=runtime_json(stage_json.train_runtime),
         base_dir=base_model_dir(),
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
         "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
-        "--base-model {params.base_dir:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+        "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
+        "--out-dir {params.out_dir:q} "
         "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
         "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.images import as_rgb, srgb_to_lab
 from pipeline.palette import COLOR_NAMES, PALETTE
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_color
 from pipeline.rewards.foreground import separate
-from pipeline.rewards.images import as_rgb, srgb_to_lab
 from pipeline.rewards.ocr import OcrEngine, OcrReading
 
 PALETTE_LAB = srgb_to_lab(np.array([PALETTE[c] for c in COLOR_NAMES], dtype=np.float64))  # [10, 3]

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_text
-from pipeline.rewards.images import as_rgb
 from pipeline.rewards.ocr import OcrEngine, exact_match, ocr_score
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
-from pipeline.rewards.images import as_rgb
 
 # Flow-GRPO divides PickScore by 26 to bring it near [0, 1].
 PICKSCORE_SCALE = 26.0

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
 from pipeline.rewards.foreground import separate
-from pipeline.rewards.images import as_rgb
 
 CONTRAST_FULL_DELTA_E = 60.0
 BACKGROUND_STD_SCALE = 8.0

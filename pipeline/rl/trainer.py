@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.evaluation import LeafScorer, ode_samples, score_images
+from pipeline.evaluation import LeafScorer, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
@@ -35,7 +35,7 @@ from pipeline.rl.ema import Ema
 from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss, weighted_mean
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.sde import sde_step_with_logprob
-from pipeline.sampling.tree import TreeRollout, guided_velocity, sample_tree
+from pipeline.sampling.tree import TreeRollout, guided_velocity, ode_samples, sample_tree
 
 
 @dataclass(frozen=True)

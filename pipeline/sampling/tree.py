@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.models.policy import Conditioning, Policy
-from pipeline.sampling.schedule import TreeSchedule
+from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.sde import sde_step_with_logprob
 
 
@@ -255,3 +255,26 @@ def sample_tree(
         nfe=nfe,
     )
     return group_by_prompt(forest)
+
+
+def ode_samples(
+    policy: Policy,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    seed: int,
+    max_batch: int = 64,
+    shift: float = 3.0,
+) -> TreeRollout:
+    """One deterministic (ODE) sample per prompt: images ``[P, H, W, 3]`` in prompt order."""
+    schedule = TreeSchedule(num_steps=steps, roots=1, between="ode")
+    return sample_tree(
+        policy,
+        prompts,
+        schedule,
+        flow_sigmas(steps, shift),
+        guidance=guidance,
+        noise_level=0.0,
+        max_batch=max_batch,
+        seed=seed,
+    )

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline import train
-from pipeline.models import load_policy
+from pipeline.models.backends import load_policy
 from pipeline.rl import trainer
 from pipeline.rl.credit import edge_weights
 from tests.reference_rollout import per_prompt_forests
@@ -38,7 +38,7 @@ def policy(tmp_path_factory):
 
 def _setup(method_name: str):
     raw = json.loads(train_config_json(method_name))
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), train.SamplingConfig(**raw["sampling"]))
+    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
     method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     return method, settings
 

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import train
-from pipeline.models import load_policy
+from pipeline.models.backends import load_policy
 from pipeline.rewards import build_rewards
 from pipeline.rl import distributed, trainer
 from pipeline.rl.distributed import Ranks
 from tests.conftest import REPO
-from tests.smoke.tiny import tiny_mini_dir, train_config_json
+from tests.smoke.tiny import tiny_mini_dir, train_config_json, train_jsons
 
 DUMP = "DUMP_RANK_WEIGHTS"
 WORDS = [("CAT", "red"), ("SUN", "blue"), ("TREE", "green"), ("MOON", "black")]
@@ -50,12 +50,12 @@ def split(tmp_path_factory) -> Path:
 
 
 def _settings(raw: dict) -> tuple[trainer.MethodSpec, trainer.LoopSettings]:
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), train.SamplingConfig(**raw["sampling"]))
+    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
     method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     return method, settings
 
 
-def _args(base: Path, split: Path, out: Path, config_json: str) -> list[str]:
+def _args(base: Path, split: Path, out: Path, jsons: tuple[str, str]) -> list[str]:
     return [
         "--method",
         "multi_grpo",
@@ -64,7 +64,9 @@ def _args(base: Path, split: Path, out: Path, config_json: str) -> list[str]:
         "--base-model",
         str(base),
         "--config-json",
-        config_json,
+        jsons[0],
+        "--runtime-json",
+        jsons[1],
         "--out-dir",
         str(out),
         "--device",
@@ -85,16 +87,16 @@ def test_indivisible_batch_fails_before_any_launch(tmp_path, split, monkeypatch)
         raise AssertionError("launched")
 
     monkeypatch.setattr(distributed, "launch", no_launch)
-    config_json = train_config_json(prompts_per_iteration=3)
+    jsons = train_jsons(prompts_per_iteration=3)
     with pytest.raises(SystemExit, match="train.prompts_per_iteration 3 is not divisible by the 2"):
-        train.main([*_args(tmp_path, split, tmp_path / "out", config_json), "--nproc", "2"])
+        train.main([*_args(tmp_path, split, tmp_path / "out", jsons), "--nproc", "2"])
 
 
 def test_main_relaunches_itself_through_torchrun(tmp_path, split, monkeypatch):
     calls = []
     monkeypatch.setattr(distributed, "launch", lambda *args: calls.append(args) or 7)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    argv = [*_args(tmp_path, split, tmp_path / "out", train_config_json()), "--nproc", "2"]
+    argv = [*_args(tmp_path, split, tmp_path / "out", train_jsons()), "--nproc", "2"]
     assert train.main(argv) == 7  # the launcher's exit code
     assert calls == [(2, "pipeline.train", argv)]
 
@@ -142,15 +144,16 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
     same weights, equal to one process's on the same global batch within float rounding."""
     base = tiny_mini_dir(tmp_path / "mini")
     # lr 1: steps of about 1e-2, so a gradient wrong by a fraction shows far above 1e-5
-    raw = json.loads(train_config_json(iterations=1, probe_every=1, learning_rate=1.0))
+    config_json, runtime_json = train_jsons(iterations=1, probe_every=1, learning_rate=1.0)
+    raw = json.loads(config_json)
     raw["method"]["std_mode"] = "global"  # advantages need the other rank's rewards
-    config_json = json.dumps(raw)
+    jsons = (json.dumps(raw), runtime_json)
     monkeypatch.setattr(torch.optim, "AdamW", plain_sgd)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv(DUMP, str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    assert train.main(_args(base, split, tmp_path / "one", config_json)) == 0
-    argv = [*_args(base, split, tmp_path / "two", config_json), "--nproc", "2"]
+    assert train.main(_args(base, split, tmp_path / "one", jsons)) == 0
+    argv = [*_args(base, split, tmp_path / "two", jsons), "--nproc", "2"]
     assert distributed.launch(2, "tests.smoke.test_distributed", argv) == 0
 
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]

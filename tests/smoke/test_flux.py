@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pipeline import train
-from pipeline.evaluation import ode_samples
-from pipeline.models import load_policy
+from pipeline.models.backends import load_policy
 from pipeline.models.flux import FluxPolicy, image_ids, pack_latents, unpack_latents
 from pipeline.models.flux_random import build_random_flux
 from pipeline.rewards import build_rewards
 from pipeline.rl.trainer import run_iteration
+from pipeline.sampling.tree import ode_samples
 from tests.smoke.tiny import train_config_json
 
 PROMPTS = [
@@ -164,7 +164,7 @@ def test_one_training_iteration_moves_only_lora(flux_dir, tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     before = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
     raw = json.loads(train_config_json("flow_grpo"))
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), train.SamplingConfig(**raw["sampling"]))
+    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
     method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
     rows = [

@@ -14,6 +14,9 @@ from pipeline.model_card import cut_short_warning
 from pipeline.models.mini import MiniPolicy, load_mini
 from tests.smoke.tiny import TINY_MINI, guard_tripping_after
 
+# The time guard, handed over outside the rerun trigger (pipeline.stage_params).
+RUNTIME = ["--runtime-json", json.dumps({"max_minutes": 5.0, "on_time_limit": "fail"})]
+
 PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
 
 
@@ -31,7 +34,9 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
     }
     out = tmp_path / "base"
     assert (
-        pretrain.main(["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)])
+        pretrain.main(
+            ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
+        )
         == 0
     )
     losses = pd.read_parquet(out / "metrics.parquet")["loss"]
@@ -66,7 +71,9 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
     }
     out = tmp_path / "base"
     assert (
-        pretrain.main(["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)])
+        pretrain.main(
+            ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
+        )
         == 0
     )
     saved = load_mini(out / "model").state_dict()
@@ -89,7 +96,7 @@ def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
     out = tmp_path / "base"
     for mini in (TINY_MINI, TINY_MINI | {"template_channels": 2}):
         config = {"pretrain": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, "mini": mini}
-        args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
+        args = ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
         assert pretrain.main(args) == 0
     assert json.loads((out / "train_info.json").read_text())["model_config"]["template_channels"] == 2
     assert pd.read_parquet(out / "metrics.parquet")["step"].tolist() == [0, 1]
@@ -119,7 +126,7 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
+    args = ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
     with pytest.raises(FloatingPointError, match=r"gradient norm is (inf|nan) at step 5"):
         pretrain.main(args)
     assert not (out / "model" / "model.safetensors").exists()
@@ -142,6 +149,7 @@ def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) ->
         str(split),
         "--config-json",
         json.dumps(config),
+        *RUNTIME,
         "--out-dir",
         str(out),
         "--threads",
@@ -186,9 +194,9 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
         [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
     ).to_parquet(split)
     out = tmp_path / "base"
-    steps = {"steps": 6, "batch_size": 2, "checkpoint_every": 6, "on_time_limit": action, "max_minutes": 2.0}
-    config = {"pretrain": steps, "mini": TINY_MINI}
-    args = ["--train", str(split), "--config-json", json.dumps(config), "--out-dir", str(out)]
+    config = {"pretrain": {"steps": 6, "batch_size": 2, "checkpoint_every": 6}, "mini": TINY_MINI}
+    guard = ["--runtime-json", json.dumps({"on_time_limit": action, "max_minutes": 2.0})]
+    args = ["--train", str(split), "--config-json", json.dumps(config), *guard, "--out-dir", str(out)]
     monkeypatch.setattr(pretrain, "TimeGuard", guard_tripping_after(3))
     if action == "fail":
         with pytest.raises(SystemExit, match=r"pretrain.max_minutes = 2 min: 3 of 6 steps done"):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from pipeline.images import load_image, srgb_to_lab
 from pipeline.palette import COLOR_NAMES, PALETTE
 from pipeline.rewards import build_rewards
-from pipeline.rewards.images import load_image, srgb_to_lab
 from tests.render import DARK, FONTS, LIGHT, contrasting_background, render
 
 WORDS = ("HELLO", "CAMERA", "TIGER", "MAPLE")
@@ -180,7 +180,7 @@ def test_sixteen_bit_greyscale_png_is_read_as_its_text(tmp_path):
 
 
 def test_uint16_and_out_of_range_arrays():
-    from pipeline.rewards.images import as_rgb
+    from pipeline.images import as_rgb
 
     grey = render("SUN", (0, 0, 0), (255, 255, 255))
     rgb, reason = as_rgb(grey.astype(np.uint16) * 257)

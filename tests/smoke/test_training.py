@@ -15,13 +15,13 @@ import torch
 
 from pipeline import train
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.models import load_policy
+from pipeline.models.backends import load_policy
 from pipeline.rewards import build_rewards
 from pipeline.rl import trainer
 from pipeline.rl.trainer import run_iteration
 from pipeline.time_guard import TimeGuard
 from tests.conftest import REPO
-from tests.smoke.tiny import guard_tripping_after, tiny_mini_dir, train_config_json
+from tests.smoke.tiny import guard_tripping_after, tiny_mini_dir, train_config_json, train_jsons
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def train_split(tmp_path_factory):
 
 def _one_iteration(policy, split, raw):
     cfg = train.TrainConfig(**raw["train"])
-    settings = train.loop_settings(cfg, train.SamplingConfig(**raw["sampling"]))
+    settings = train.loop_settings(cfg, raw["sampling"])
     method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
     rewards = build_rewards(["ocr", "color", "quality"])
@@ -88,7 +88,7 @@ def test_sd3_lora_step(tmp_path, train_split):
     assert changed and all("lora" in n for n in changed)
 
 
-def _train_args(tmp_path, split, config_json):
+def _train_args(tmp_path, split, jsons):
     return [
         "--method",
         "multi_grpo",
@@ -97,7 +97,9 @@ def _train_args(tmp_path, split, config_json):
         "--base-model",
         str(tmp_path / "mini"),
         "--config-json",
-        config_json,
+        jsons[0],
+        "--runtime-json",
+        jsons[1],
         "--out-dir",
         str(tmp_path / "out"),
         "--device",
@@ -107,8 +109,8 @@ def _train_args(tmp_path, split, config_json):
 
 def test_killed_run_resumes_and_completes(tmp_path, train_split):
     tiny_mini_dir(tmp_path / "mini")
-    config_json = train_config_json(iterations=4, checkpoint_every=1, probe_every=2)
-    args = [sys.executable, "-m", "pipeline.train", *_train_args(tmp_path, train_split, config_json)]
+    jsons = train_jsons(iterations=4, checkpoint_every=1, probe_every=2)
+    args = [sys.executable, "-m", "pipeline.train", *_train_args(tmp_path, train_split, jsons)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "out" / "checkpoint" / "state.json"
     deadline = time.time() + 300
@@ -119,7 +121,7 @@ def test_killed_run_resumes_and_completes(tmp_path, train_split):
     process.wait()
     done = json.loads(state.read_text())["iteration"]
     assert done < 4, "the run finished before it could be killed"
-    assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
+    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     metrics = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
     assert list(metrics.iteration) == [0, 1, 2, 3]
     probes = pd.read_parquet(tmp_path / "out" / "probe.parquet")
@@ -138,11 +140,9 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
         return (loss * float("nan"), stats) if calls["n"] > 1 else (loss, stats)
 
     monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
-    config_json = train_config_json(
-        iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=1, microbatch=1000
-    )
+    jsons = train_jsons(iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=1, microbatch=1000)
     with pytest.raises(SystemExit, match="iteration 1: loss is nan; the last good checkpoint is kept"):
-        train.main(_train_args(tmp_path, train_split, config_json))
+        train.main(_train_args(tmp_path, train_split, jsons))
     state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 1
 
@@ -150,7 +150,7 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
 def test_probe_is_deterministic_and_sees_the_policy_change(tmp_path, train_split):
     policy = load_policy("mini", tiny_mini_dir(tmp_path / "mini"), device="cpu")
     raw = json.loads(train_config_json())
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), train.SamplingConfig(**raw["sampling"]))
+    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
     batch = trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0)
     assert len(batch) == 3 and batch.equals(trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0))
     rewards = build_rewards(["ocr", "color", "quality"])
@@ -182,11 +182,11 @@ def test_infinite_gradient_with_finite_loss_stops_before_the_step(tmp_path, trai
         return loss, stats
 
     monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
-    config_json = train_config_json(
+    jsons = train_jsons(
         iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=2, microbatch=1000, probe_prompts=0
     )
     with pytest.raises(SystemExit, match=r"iteration 1: gradient norm is (inf|nan) at optimizer step 2 of 2"):
-        train.main(_train_args(tmp_path, train_split, config_json))
+        train.main(_train_args(tmp_path, train_split, jsons))
     assert calls["n"] == 4
     assert not (tmp_path / "out" / "weights.safetensors").exists()
     policy = load_policy("mini", tmp_path / "mini", device="cpu")
@@ -212,15 +212,15 @@ def test_checkpoint_refuses_non_finite_weights_and_keeps_the_previous(tmp_path):
 
 def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
-    config_json = train_config_json(iterations=4, checkpoint_every=4, on_time_limit="fail", max_minutes=8.0)
+    jsons = train_jsons(iterations=4, checkpoint_every=4, on_time_limit="fail", max_minutes=8.0)
     monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
     with pytest.raises(SystemExit, match=r"time guard train.max_minutes = 8 min: 2 of 4 iterations done"):
-        train.main(_train_args(tmp_path, train_split, config_json))
+        train.main(_train_args(tmp_path, train_split, jsons))
     state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 2  # saved by the guard, between the configured checkpoints
     assert not (tmp_path / "out" / "train_info.json").exists()
     monkeypatch.setattr(train, "TimeGuard", TimeGuard)
-    assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
+    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     assert list(pd.read_parquet(tmp_path / "out" / "metrics.parquet").iteration) == [0, 1, 2, 3]
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
     assert info["iterations"] == info["iterations_configured"] == 4 and not info["cut_short"]
@@ -228,8 +228,8 @@ def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, trai
 
 def test_time_guard_stop_marks_the_run_cut_short(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
-    config_json = train_config_json(iterations=4, on_time_limit="stop", max_minutes=3.0)
+    jsons = train_jsons(iterations=4, on_time_limit="stop", max_minutes=3.0)
     monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
-    assert train.main(_train_args(tmp_path, train_split, config_json)) == 0
+    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
     assert (info["iterations"], info["iterations_configured"], info["cut_short"]) == (2, 4, True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline import config
+from pipeline import config, stage_params
 from pipeline.models.mini import MiniConfig, MiniModel, save_mini
 from pipeline.time_guard import TimeGuard
 from tests.conftest import REPO
@@ -24,15 +24,16 @@ def tiny_mini_dir(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
-    """The train stage's config slice for a tiny run of ``method`` from the default config."""
+def tiny_study(**train_overrides) -> config.StudyConfig:
+    """The default config at the smoke tests' size: 4 rollout steps, 2 prompts, 2 iterations."""
     cfg = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
-    method_cfg = dataclasses.asdict(cfg.methods[method])
-    if method_cfg["branch_steps"]:
-        method_cfg["branch_steps"] = [0, 1]
-    train = (
-        dataclasses.asdict(cfg.train)
-        | {
+    methods = {
+        name: dataclasses.replace(method, branch_steps=(0, 1)) if method.branch_steps else method
+        for name, method in cfg.methods.items()
+    }
+    train = dataclasses.replace(
+        cfg.train,
+        **{
             "iterations": 2,
             "prompts_per_iteration": 2,
             "checkpoint_every": 1,
@@ -40,17 +41,21 @@ def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
             "probe_prompts": 3,
             "sde_steps": 3,  # the default's ODE last step, at the tiny 4 steps
         }
-        | train_overrides
+        | train_overrides,
     )
-    return json.dumps(
-        {
-            "train": train,
-            "method": method_cfg,
-            "sampling": dataclasses.asdict(cfg.sampling) | {"train_steps": 4, "eval_steps": 4},
-            "rewards": cfg.rewards.settings(),
-            "model": dataclasses.asdict(cfg.model),
-        }
-    )
+    sampling = dataclasses.replace(cfg.sampling, train_steps=4, eval_steps=4)
+    return dataclasses.replace(cfg, methods=methods, train=train, sampling=sampling)
+
+
+def train_jsons(method: str = "multi_grpo", **train_overrides) -> tuple[str, str]:
+    """The train stage's ``--config-json`` and ``--runtime-json`` for a tiny run of ``method``."""
+    cfg = tiny_study(**train_overrides)
+    return json.dumps(stage_params.train_params(cfg, method, 0)), json.dumps(stage_params.train_runtime(cfg))
+
+
+def train_config_json(method: str = "multi_grpo", **train_overrides) -> str:
+    """The train stage's ``--config-json`` for a tiny run of ``method``."""
+    return train_jsons(method, **train_overrides)[0]
 
 
 def guard_tripping_after(units: int) -> type[TimeGuard]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -125,18 +127,9 @@ def _dataclass_keys(cls, prefix: str = "") -> set[str]:
 
 
 def test_dataclasses_mirror_the_schema():
-    from pipeline.rewards import REWARDS
-
     schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
-    keys = _schema_keys(schema)
-    # reward_weights, z_weights and std_floor are mappings by reward name, not dataclasses.
-    weights = set()
-    for mapping in ("reward_weights", "z_weights", "std_floor"):
-        named = {k for k in keys if k.startswith(f"train.{mapping}.")}
-        assert {k.rsplit(".", 1)[1] for k in named} == set(REWARDS), mapping
-        weights |= named
     # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config.
-    assert keys - weights == _dataclass_keys(config.StudyConfig) - {"train.seed"}
+    assert _schema_keys(schema) == _dataclass_keys(config.StudyConfig) - {"train.seed"}
     method_schema = schema["properties"]["methods"]["additionalProperties"]
     assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(config.MethodConfig)}
 
@@ -159,10 +152,84 @@ def test_canonical_json_is_order_independent():
     assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
 
 
-def test_unknown_reward_name_in_config():
-    raw = _set(default_raw(), "rewards.score", ["ocr", "beauty"])
-    with pytest.raises(config.ConfigError, match="'rewards.score.1': 'beauty' is invalid"):
-        config.load(raw)
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("rewards.score", ["ocr", "beauty"]),
+        ("train.reward_weights", {"ocr": 1.0, "beauty": 0.5}),
+        ("train.z_weights", {"beauty": 1.0}),
+        ("train.std_floor", {"beauty": 0.1}),
+    ],
+)
+def test_unknown_reward_name_in_config(key, value):
+    """The schema takes any name; the registry decides, checked when the DAG is built."""
+    from pipeline.rewards import REWARDS
+
+    cfg = config.load(_set(default_raw(), key, value))
+    with pytest.raises(config.ConfigError, match=f"'{key}': unknown reward 'beauty' \\(rewards: ocr, "):
+        config.check_reward_names(cfg, list(REWARDS))
+
+
+def test_the_config_command_checks_reward_names(tmp_path):
+    path = tmp_path / "overlay.yaml"
+    path.write_text(
+        "study: x\nmlflow: {}\ndataset: {source: {kind: generated}}\nrewards: {score: [beauty]}\n"
+    )
+    assert config.main([str(path), "--no-paths"], reward_names=["ocr"]) == 1
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.config", str(path), "--no-paths"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "unknown reward 'beauty'" in result.stdout
+
+
+def _schema_leaves():
+    return list(config._leaves(config.load_schema()))
+
+
+def test_every_key_has_one_default_and_a_meaning_in_the_schema():
+    leaves = dict(_schema_leaves())
+    assert len(leaves) > 90
+    assert not [key for key, node in leaves.items() if not str(node.get("description", "")).strip()]
+    # Every dataclass default is the schema's (the dataclasses read them from it).
+    defaults = config.StudyConfig(study="x")
+    method = config.MethodConfig()
+    for key, node in leaves.items():
+        node_value = node["default"]
+        if key.startswith("methods.NAME."):
+            value = getattr(method, key.rsplit(".", 1)[1])
+        else:
+            value = defaults
+            for part in key.split("."):
+                value = getattr(value, part)
+        assert (list(value) if isinstance(value, tuple) else value) == node_value, key
+
+
+def test_the_default_study_states_the_defaults():
+    """config.yaml is the default study: every key it states holds the schema's default, but for
+    the study's own names; so a key left out of a study config means what config.yaml says."""
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    identity = {"mlflow.experiment", "report.title"}
+    differ = []
+    for key, node in _schema_leaves():
+        value = raw
+        for part in key.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        if key.startswith("methods.") or key in identity or value == {} and node["default"] != {}:
+            continue
+        if value != node["default"]:
+            differ.append(f"{key}: config.yaml {value!r}, schema {node['default']!r}")
+    assert not differ, "\n".join(differ)
+
+
+def test_the_key_reference_is_generated_from_the_schema():
+    docs = (REPO / "docs" / "config.md").read_text()
+    assert docs == config.reference_markdown(), (
+        "regenerate: python -m pipeline.config --reference > docs/config.md"
+    )
+    assert "| `train.edge_fraction` | `0.25` |" in docs
 
 
 def test_pickscore_without_local_model_names_the_key():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.images import as_rgb, srgb_to_lab
 from pipeline.palette import COLOR_NAMES
 from pipeline.rewards.color import palette_probabilities
-from pipeline.rewards.images import as_rgb, srgb_to_lab
 from pipeline.rewards.ocr import exact_match, is_single_line, normalise, ocr_score
 
 

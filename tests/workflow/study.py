@@ -10,6 +10,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import REPO
 
 # What a study needs from the repository (results/ and .snakemake/ are per copy).
@@ -63,3 +65,16 @@ def planned_jobs(cwd: Path, *args: str) -> Counter:
             break
         jobs[match.group(1)] = int(match.group(2))
     return jobs
+
+
+def config_variant(study: Path, path: str, value) -> str:
+    """A copy of the tiny config with key ``path`` (``a.b.c``) set to ``value``; its file name."""
+    raw = yaml.safe_load((study / "config_tiny.yaml").read_text())
+    *parents, leaf = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    name = f"variant_{path.replace('.', '_')}.yaml"
+    (study / name).write_text(yaml.safe_dump(raw))
+    return name

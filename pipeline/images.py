@@ -1,4 +1,4 @@
-"""Image checks and conversions shared by the rewards.
+"""Image checks and conversions shared by the rewards, pretraining's renderer and the reports.
 
 A reward never crashes a batch on a bad image: :func:`as_rgb` returns the reason an image
 cannot be scored (blank, single-coloured, tiny, NaN) and the reward scores it 0 with that
@@ -118,3 +118,14 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     a = 500 * (f[..., 0] - f[..., 1])
     b = 200 * (f[..., 1] - f[..., 2])
     return np.stack([lightness, a, b], axis=-1)
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """``[N, H, W, 3]`` -> one uint8 grid image (rows of ``columns``; blank cells padded)."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * h, columns * w, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, q = divmod(i, columns)
+        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = image
+    return grid

@@ -1,0 +1,107 @@
+"""Stage sources from imports: checked against what Python really loads, and on a toy package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.sources import imported_names, module_closure, stage_sources
+from tests.conftest import REPO
+
+STAGES = (
+    "generate_prompts",
+    "curate",
+    "curate_captions",
+    "dataset_card",
+    "pretrain",
+    "model_card",
+    "train",
+    "sample_eval",
+    "score",
+    "report",
+)
+
+
+def _loaded_pipeline_modules(entry: str) -> set[str]:
+    """The ``pipeline`` modules in ``sys.modules`` after importing ``entry`` in a fresh process."""
+    code = f"import sys, {entry}; print('\\n'.join(m for m in sys.modules if m.split('.')[0] == 'pipeline'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_closure_holds_every_module_an_import_loads(stage):
+    entry = f"pipeline.{stage}"
+    assert _loaded_pipeline_modules(entry) <= set(module_closure(entry))
+
+
+def test_modules_the_hand_lists_missed_are_found():
+    """The drift the hand-kept lists had: seeds.py (report), time_guard.py (train, pretrain),
+    rl/ema.py (pretrain), checkpoint.py (pretrain)."""
+    assert "pipeline/seeds.py" in stage_sources("pipeline.report")
+    assert "pipeline/time_guard.py" in stage_sources("pipeline.train")
+    assert {"pipeline/time_guard.py", "pipeline/rl/ema.py", "pipeline/checkpoint.py"} <= set(
+        stage_sources("pipeline.pretrain")
+    )
+
+
+def test_stages_do_not_depend_on_code_they_never_run():
+    """Pretraining uses the mini model only; evaluation sampling scores nothing; the report
+    neither samples nor scores."""
+    assert not {"pipeline/models/sd3.py", "pipeline/models/flux.py"} & set(stage_sources("pipeline.pretrain"))
+    assert not any(path.startswith("pipeline/rewards/") for path in stage_sources("pipeline.sample_eval"))
+    report = set(stage_sources("pipeline.report"))
+    assert not any(path.startswith(("pipeline/models/", "pipeline/sampling/")) for path in report)
+
+
+def _package(tmp_path, files: dict[str, str]):
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_toy_package_forms_of_import(tmp_path):
+    root = _package(
+        tmp_path,
+        {
+            "pipeline/__init__.py": "",
+            "pipeline/entry.py": """
+                import os
+                import pipeline.a
+                from pipeline import b
+                from pipeline.sub import thing
+                from .c import helper
+
+                def lazy():
+                    from pipeline.d import x
+
+                if __name__ == "__main__":
+                    from pipeline import e
+            """,
+            "pipeline/a.py": "from pipeline import f\n",
+            "pipeline/b.py": "",
+            "pipeline/c.py": "",
+            "pipeline/d.py": "",
+            "pipeline/e.py": "",
+            "pipeline/f.py": 'if __name__ == "__main__":\n    import pipeline.g\n',
+            "pipeline/g.py": "",
+            "pipeline/sub/__init__.py": "thing = 1\n",
+            "pipeline/unused.py": "",
+        },
+    )
+    assert imported_names("pipeline.a", root) == {"pipeline", "pipeline.f"}
+    closure = module_closure("pipeline.entry", root)
+    # e: the entry's own main block runs; g: another module's main block never does.
+    assert closure == tuple(
+        sorted(
+            ["pipeline", "pipeline.entry", "pipeline.a", "pipeline.b", "pipeline.c", "pipeline.d"]
+            + ["pipeline.e", "pipeline.f", "pipeline.sub"]
+        )
+    )
+    assert stage_sources("pipeline.entry", root)[:2] == ["pipeline/__init__.py", "pipeline/a.py"]
+    assert "pipeline/sub/__init__.py" in stage_sources("pipeline.entry", root)
