@@ -29,9 +29,13 @@ from scipy import stats
 POWER = 0.8  # of the minimum detectable effect
 
 
-def standardised_gains(images: pd.DataFrame, spreads: dict[str, float], base: str = "base") -> pd.DataFrame:
+def standardised_gains(
+    images: pd.DataFrame, spreads: dict[str, float], lower_is_better=(), base: str = "base"
+) -> pd.DataFrame:
     """One row per model other than ``base``: for every reward ``m`` of ``spreads``, ``z_<m>``
-    (the mean paired per-image gain over ``base`` divided by ``spreads[m]``) and ``z_<m>_se``;
+    (the mean paired per-image gain over ``base`` divided by ``spreads[m]``, its sign flipped
+    for the rewards in ``lower_is_better``, so that a positive z is always an improvement)
+    and ``z_<m>_se``;
     ``B`` and ``B_se`` (the per-image mean of the z-gains, so its standard error is over test
     images) and ``W`` (the smallest ``z_m``). ``images``: one row per (model, line_id, seed)
     with a column per reward."""
@@ -42,7 +46,8 @@ def standardised_gains(images: pd.DataFrame, spreads: dict[str, float], base: st
     for model in sorted(set(images.model) - {base}):
         own = images[images.model == model].set_index(keys)[names]
         both = own.join(reference, rsuffix="_base", how="inner")
-        z = pd.DataFrame({m: (both[m] - both[f"{m}_base"]) / spreads[m] for m in names})
+        sign = {m: -1.0 if m in lower_is_better else 1.0 for m in names}
+        z = pd.DataFrame({m: sign[m] * (both[m] - both[f"{m}_base"]) / spreads[m] for m in names})
         row: dict = {"model": model, "images": len(z)}
         for m in names:
             row[f"z_{m}"], row[f"z_{m}_se"] = _mean_se(z[m].to_numpy())

@@ -552,11 +552,13 @@ def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, s
         )
 
 
-def check_reward_names(cfg: StudyConfig, known, source: str = "config") -> None:
-    """Fail on a reward name that is not in ``known`` (the registry, ``pipeline.rewards.REWARDS``),
-    naming the key. The schema takes any name, so that a new reward is its module and one
-    registry line; the registry is passed in because this module must not import the rewards
-    (every stage imports it, and would then rerun whenever a reward's code changes)."""
+def check_rewards(cfg: StudyConfig, registry: dict, source: str = "config", check_paths: bool = True) -> None:
+    """Fail on a reward name that is not in ``registry`` (``pipeline.rewards.REWARDS``), naming
+    the key, and (``check_paths``) on a local folder that a used reward needs
+    (``Reward.local_folders``) and that does not exist. The schema takes any name, so that a new
+    reward is its module and one registry line; the registry is passed in because this module
+    must not import the rewards (every stage imports it, and would then rerun whenever a
+    reward's code changes)."""
     named = {
         "rewards.score": list(cfg.rewards.score),
         "train.reward_weights": list(cfg.train.reward_weights),
@@ -564,12 +566,22 @@ def check_reward_names(cfg: StudyConfig, known, source: str = "config") -> None:
         "train.std_floor": list(cfg.train.std_floor),
     }
     for key, names in named.items():
-        unknown = [name for name in names if name not in known]
+        unknown = [name for name in names if name not in registry]
         if unknown:
             raise ConfigError(
                 f"{source}: config key {key!r}: unknown reward {', '.join(map(repr, unknown))} "
-                f"(rewards: {', '.join(known)})"
+                f"(rewards: {', '.join(registry)})"
             )
+    if not check_paths:
+        return
+    settings = cfg.rewards.settings()
+    for name in dict.fromkeys([*cfg.rewards.score, *cfg.train.trained_rewards()]):
+        for folder in registry[name].local_folders:
+            path = settings.get(name, {}).get(folder) or ""
+            if not path or not Path(path).is_dir():
+                raise ConfigError(
+                    f"{source}: config key 'rewards.{name}.{folder}': local folder {path!r} does not exist"
+                )
 
 
 def input_paths(cfg: StudyConfig) -> dict[str, str]:
@@ -586,8 +598,6 @@ def input_paths(cfg: StudyConfig) -> dict[str, str]:
 def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     """Every local model folder the config needs, by key path."""
     dirs = {}
-    if "pickscore" in cfg.rewards.score or "pickscore" in cfg.train.trained_rewards():
-        dirs["rewards.pickscore.model_dir"] = cfg.rewards.pickscore.model_dir or ""
     if cfg.model.backend in ("sd3", "flux"):
         dirs["model.path"] = cfg.model.path or ""
     if cfg.rewards.ocr.backend == "paddleocr":
@@ -674,12 +684,12 @@ def reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None, reward_names: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, rewards: dict | None = None) -> int:
     """``python -m pipeline.config FILE ...``: check config files as the workflow does.
 
     Every file is parsed strictly (syntax errors and duplicate keys name file and line). A
     whole config is then checked like the workflow's (schema, cross-key checks, local paths,
-    and reward names against ``reward_names``, the registry, when given); an overlay for
+    and reward names and folders against ``rewards``, the registry, when given); an overlay for
     ``--configfile`` (one without every top-level key) is checked merged onto ``--base``
     (default ``config.yaml``), as Snakemake merges it. Snakemake's own loader reports a broken
     ``--configfile`` without file or line, hence this command. ``--reference`` prints every
@@ -706,8 +716,8 @@ def main(argv: list[str] | None = None, reward_names: list[str] | None = None) -
             if not all(key in raw for key in required):
                 raw = _merged(read_yaml(args.base), raw)
             cfg = load(raw, str(path), check_paths=not args.no_paths)
-            if reward_names is not None:
-                check_reward_names(cfg, reward_names, str(path))
+            if rewards is not None:
+                check_rewards(cfg, rewards, str(path), check_paths=not args.no_paths)
         except (ConfigError, OSError) as error:
             print(f"{path}: {error}" if isinstance(error, OSError) else str(error))
             failed += 1
@@ -731,4 +741,4 @@ if __name__ == "__main__":
     # would otherwise depend on (and rerun for) every reward's source (pipeline.sources).
     from pipeline.rewards import REWARDS
 
-    raise SystemExit(main(reward_names=list(REWARDS)))
+    raise SystemExit(main(rewards=REWARDS))

@@ -12,18 +12,15 @@ from pipeline.rewards.pool import reward_pool, worker_rewards
 def score_images(
     rewards: dict[str, Reward], images: np.ndarray, prompts: list[str], texts: list[str], colors: list[str]
 ) -> pd.DataFrame:
-    """One row per image, a column per reward plus ``ocr_exact`` and ``color_pred`` where scored."""
+    """One row per image: a column per reward, each followed by its indicator columns
+    (``Reward.indicators``: ``ocr_exact``, ``color_correct``) as booleans."""
     metadata = [{"text": t, "color": c} for t, c in zip(texts, colors, strict=True)]
     table = {}
     for name, reward in rewards.items():
         out = reward.score(list(images), prompts, metadata)
         table[name] = out.scores
-        if name == "ocr":
-            table["ocr_exact"] = np.array([bool(d["ocr_exact"]) for d in out.details])
-        if name == "color":
-            table["color_correct"] = np.array(
-                [d["color_pred"] == c for d, c in zip(out.details, colors, strict=True)]
-            )
+        for indicator in reward.indicators:
+            table[indicator] = np.array([bool(detail[indicator]) for detail in out.details])
     return pd.DataFrame(table)
 
 
@@ -57,18 +54,13 @@ class LeafScorer:
             ]
             parts.append(pd.concat(self.pool.starmap(_score_in_worker, shares), ignore_index=True))
         table = pd.concat(parts, axis=1)
-        ordered = [c for n in self.names for c in (n, *_EXTRA_COLUMNS.get(n, ())) if c in table]
-        return table[ordered]
+        return table[[c for n in self.names for c in (n, *self.rewards[n].indicators)]]
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
             self.pool = None
-
-
-# The explanation columns score_images adds after a reward's own.
-_EXTRA_COLUMNS = {"ocr": ("ocr_exact",), "color": ("color_correct",)}
 
 
 def _score_in_worker(

@@ -30,8 +30,9 @@ from pipeline.config import CardConfig, RewardsConfig, SamplingConfig
 from pipeline.evaluation import group_spread, score_images
 from pipeline.images import image_grid
 from pipeline.models.mini import MiniPolicy, load_mini
-from pipeline.report_tables import per_image_table
-from pipeline.rewards import build_rewards
+from pipeline.progress import Progress
+from pipeline.report_tables import metric_label, per_image_table, reward_metrics
+from pipeline.rewards import REWARDS, build_rewards
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
 from pipeline.sampling.tree import sample_tree
 
@@ -46,10 +47,8 @@ def test_figures(samples: pd.DataFrame, rewards: pd.DataFrame, heldout: set[str]
     tables, split by seen and held-out words when ``heldout`` is given."""
     seed = samples.seed.min()
     images = per_image_table(rewards.assign(model="base"))
-    images = images[images.seed == seed].rename(columns={"color_accuracy": "color_correct"})
-    columns = [
-        c for c in ("ocr", "ocr_exact", "color", "color_correct", "quality", "pickscore") if c in images
-    ]
+    images = images[images.seed == seed]
+    columns = [c for c in reward_metrics(REWARDS) if c in images]
     texts = samples[samples.seed == seed].set_index("line_id")["text"]
     scores = images.set_index("line_id")[columns]
     figures = {"test_ode": summarise(scores), "test_prompts": len(scores)}
@@ -78,17 +77,19 @@ def group_figures(
     schedule = TreeSchedule(
         num_steps=sampling.train_steps, roots=card.group_size, between="sde", sde_steps=rollout["sde_steps"]
     )
-    groups = sample_tree(
-        policy,
-        prompts[:n],
-        schedule,
-        flow_sigmas(sampling.train_steps, sampling.shift),
-        guidance=rollout["guidance"],
-        noise_level=sampling.noise_level,
-        sde_type=sampling.sde_type,
-        max_batch=sampling.max_batch,
-        seed=card.seed + 1,
-    )
+    with Progress("base_model_card SDE groups", sampling.train_steps, "step") as progress:
+        groups = sample_tree(
+            policy,
+            prompts[:n],
+            schedule,
+            flow_sigmas(sampling.train_steps, sampling.shift),
+            guidance=rollout["guidance"],
+            noise_level=sampling.noise_level,
+            sde_type=sampling.sde_type,
+            max_batch=sampling.max_batch,
+            seed=card.seed + 1,
+            on_step=lambda step: progress.advance(),
+        )
     prompt_of_leaf = groups.leaf_prompt.numpy()
     group_scores = score_images(
         rewards,
@@ -139,8 +140,6 @@ competing backgrounds): **{steps} steps in {minutes:.1f} min** on this machine.{
 
 ## Base model on the test split (ODE, {eval_steps} steps, guidance {guidance})
 
-| prompts | OCR reward | OCR exact match | colour reward | colour accuracy | quality (0-10) |
-|---|---|---|---|---|---|
 {test_rows}
 
 ## SDE groups: what RL sees
@@ -169,9 +168,25 @@ TEMPLATES = """ Then {channels} channels of learned per-character templates: eac
   synthesised from a constant band value (the README gives the measurements behind this)."""
 
 
-def _row(name: str, values: dict) -> str:
-    cells = [values.get(k) for k in ("ocr", "ocr_exact", "color", "color_correct", "quality")]
-    return f"| {name} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |"
+def _test_table(figures: dict) -> str:
+    """The test scores as a Markdown table: a row per prompt subset, a column per metric
+    (each scored reward and its indicators, named as the report names them)."""
+    metrics = list(figures["test_ode"])
+    header = ["prompts", *(metric_label(m) for m in metrics)]
+    subsets = [(f"all ({figures['test_prompts']})", figures["test_ode"])]
+    subsets += [
+        (label, figures[key])
+        for label, key in (
+            ("words seen in training", "test_ode_seen_words"),
+            ("held-out words", "test_ode_heldout_words"),
+        )
+        if figures.get(key)
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, values in subsets:
+        cells = [values.get(m) for m in metrics]
+        lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines)
 
 
 def cut_short_warning(info: dict) -> str:
@@ -187,15 +202,10 @@ def cut_short_warning(info: dict) -> str:
 
 def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
     cfg, groups = info["model_config"], figures["sde_groups"]
-    test_rows = [_row(f"all ({figures['test_prompts']})", figures["test_ode"])]
-    if figures.get("test_ode_seen_words"):
-        test_rows.append(_row("words seen in training", figures["test_ode_seen_words"]))
-    if figures.get("test_ode_heldout_words"):
-        test_rows.append(_row("held-out words", figures["test_ode_heldout_words"]))
     group_rows = [
         f"| {name} | {groups[name]:.3f} | {groups[f'{name}_group_std']:.3f} | "
         f"{groups[f'{name}_groups_with_spread']:.2f} |"
-        for name in ("ocr", "color", "quality")
+        for name in REWARDS
         if f"{name}_group_std" in groups
     ]
     position_map = (
@@ -229,7 +239,7 @@ def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
         minutes=info["train_seconds"] / 60,
         eval_steps=sampling.eval_steps,
         guidance=sampling.guidance,
-        test_rows="\n".join(test_rows),
+        test_rows=_test_table(figures),
         train_steps=sampling.train_steps,
         noise_level=sampling.noise_level,
         rollout_guidance=groups["guidance"],

@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from pipeline import io, tracking
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import PRETRAIN_RUNTIME_KEYS, MiniModelConfig, PretrainConfig, config_hash
 from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
+from pipeline.progress import Progress
 from pipeline.render import Layout, render_example
 from pipeline.rl.ema import Ema, without_averages
 from pipeline.time_guard import TimeGuard
@@ -113,8 +113,8 @@ def train(
         state["elapsed_s"] = time.perf_counter() - began
         save_checkpoint(checkpoint_dir, weights, optimizer, state)
 
-    progress = tqdm(range(start, cfg.steps), desc="pretrain", initial=start, total=cfg.steps, disable=None)
-    for step in progress:
+    progress = Progress("pretrain", cfg.steps, "step", done=start)
+    for step in range(start, cfg.steps):
         if guard.would_exceed():
             if step > start and step % cfg.checkpoint_every:
                 checkpoint(step)  # a rerun after the guard resumes here
@@ -149,10 +149,10 @@ def train(
             seconds = time.perf_counter() - began
             history.append({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": seconds})
             run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
             checkpoint(step + 1)
         guard.end_unit()
+        progress.advance(note=f"loss {history[-1]['loss']:.4f}" if history else "")
     else:
         step = cfg.steps
     if ema is not None:

@@ -12,7 +12,7 @@ gain B, worst reward W, the tests with Holm's correction and the verdict, and th
 equal NFE; the full tables; samples labelled with their prompts and what OCR read),
 ``summary.csv`` / ``summary.parquet`` (one row per model), ``paired.csv``, ``stability.csv``,
 ``runs.csv``, ``methods.csv``, ``tests.csv``, ``equal_nfe.csv``, ``equal_nfe_tests.csv``,
-``curve_<reward>.png`` and ``grid.png``. The tables come from :mod:`pipeline.report_tables`,
+``curves/<reward>.png`` and ``grid.png``. The tables come from :mod:`pipeline.report_tables`,
 the statistics from :mod:`pipeline.analysis`, the figures from :mod:`pipeline.report_figures`
 and the page from :mod:`pipeline.report_html`.
 """
@@ -35,16 +35,17 @@ from pipeline.analysis import comparisons, standardised_gains, verdict
 from pipeline.report_figures import curve_figure, grid_image, png_bytes, sample_cells
 from pipeline.report_html import render_html, report_sections, study_notes, warnings_for
 from pipeline.report_tables import (
-    REWARD_LABELS,
     comparison_view,
     headline_table,
     method_summary,
     paired_table,
     per_image_table,
+    reward_metrics,
     stability_table,
     summary_table,
     trend_table,
 )
+from pipeline.rewards import REWARDS
 from pipeline.seeds import method_table, run_table
 
 MEASURES = ["B", "W"]
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     probes = {m: pd.read_parquet(p) for m, p in pairs(args.probe, "--probe").items()}
     infos = {m: json.loads(p.read_text()) for m, p in pairs(args.train_info, "--train-info").items()}
     card = json.loads(args.base_card.read_text()) if args.base_card else None
-    reward_names = [r for r in REWARD_LABELS if r in set(rewards.reward)]
+    scored = set(rewards.reward)
+    reward_names = [r for r in REWARDS if r in scored] + sorted(scored - set(REWARDS))
 
     with tracking.stage_run(args, raw) as run:
         weights = raw.get("train", {}).get("reward_weights", {})
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         paired = paired_table(images) if has_base else pd.DataFrame()
         stability = stability_table(metrics, probes, reward_names)
         spreads, spread_text = outcome_spreads(card, images, reward_names) if has_base else ({}, "")
-        standardised = standardised_gains(images, spreads) if has_base else pd.DataFrame()
+        lower_is_better = [n for n in reward_names if n in REWARDS and not REWARDS[n].higher_is_better]
+        standardised = standardised_gains(images, spreads, lower_is_better) if has_base else pd.DataFrame()
         runs = run_table(paired, standardised, stability, weights)
         if len(runs):
             runs["training_nfe"] = training_nfe(runs, infos, samples)
@@ -201,18 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         io.write_text(args.out_dir / "runs.csv", runs.to_csv(index=False))
         for name, table in csv_tables.items():
             io.write_text(args.out_dir / f"{name}.csv", table.to_csv(index=False))
+        (args.out_dir / "curves").mkdir(parents=True, exist_ok=True)  # a declared output, if empty
         for name, data in [
-            *((f"curve_{r}.png", d) for r, d in curves.items()),
+            *((f"curves/{r}.png", d) for r, d in curves.items()),
             ("grid.png", buffer.getvalue()),
         ]:
             with io.atomic_path(args.out_dir / name) as tmp:
                 tmp.write_bytes(data)
         base_info = json.loads(args.base_info.read_text()) if args.base_info else None
-        shown = [
-            m
-            for m in ("mixed", "ocr", "ocr_exact", "color", "color_accuracy", "quality", "pickscore")
-            if m in summary
-        ]
+        shown = [m for m in ("mixed", *reward_metrics(reward_names)) if m in summary]
         headline = headline_table(summary, paired, shown)
         trends = trend_table(stability, reward_names) if len(stability) else pd.DataFrame()
         samples_html = sample_cells(

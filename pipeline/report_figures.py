@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.images import image_grid  # noqa: E402
-from pipeline.report_tables import REWARD_LABELS, seed_mean_curve  # noqa: E402
+from pipeline.report_tables import metric_label, seed_mean_curve  # noqa: E402
 from pipeline.seeds import split_run  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def curve_figure(
             axes[1].plot(probe["nfe_cumulative"], probe[column], "o--", color=color, markersize=3)
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("cumulative NFE (sampling + training rows)")
-    axes[0].set_ylabel(f"training {REWARD_LABELS.get(reward, reward)}")
+    axes[0].set_ylabel(f"training {metric_label(reward)}")
     axes[0].set_title("solid: rollouts; dashed: fixed probe prompts (ODE)", fontsize=9)
     axes[1].legend(fontsize=8)
     figure.tight_layout()
@@ -93,7 +93,8 @@ def sample_cells(
     first = samples[models[0]]
     seed = first.seed.min()
     rows = first[first.seed == seed].head(n_prompts)
-    readings = rewards[rewards.reward == "ocr"].set_index(["model", "line_id", "seed"])["ocr_text"]
+    ocr = rewards[rewards.reward == "ocr"].set_index(["model", "line_id", "seed"])
+    readings = ocr["ocr_text"] if "ocr_text" in ocr else pd.Series(dtype=object)  # no OCR scored: none
     head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
     indexed = {model: samples[model].set_index(["line_id", "seed"]) for model in models}
     body = []
@@ -104,9 +105,11 @@ def sample_cells(
             data = base64.b64encode(path.read_bytes()).decode()
             read = readings.get((model, prompt_row.line_id, seed), "")
             read = "—" if read is None or (isinstance(read, float) and np.isnan(read)) else read
+            caption = (
+                f"<div class='read'>read: {html.escape(str(read) or '(nothing)')}</div>" if len(ocr) else ""
+            )
             cells.append(
-                f'<td><img alt="{html.escape(model)}" src="data:image/png;base64,{data}">'
-                f"<div class='read'>read: {html.escape(str(read) or '(nothing)')}</div></td>"
+                f'<td><img alt="{html.escape(model)}" src="data:image/png;base64,{data}">{caption}</td>'
             )
         body.append(f"<tr><th class='prompt'>{html.escape(str(prompt_row.prompt))}</th>{''.join(cells)}</tr>")
     table = f"<table class='samples'><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>"

@@ -8,7 +8,7 @@ import html
 
 import pandas as pd
 
-from pipeline.report_tables import METRIC_LABELS
+from pipeline.report_tables import metric_label, reward_metrics
 
 # Below this test OCR reward the base model draws no legible text, and RL has nothing to work on.
 ILLEGIBLE_OCR = 0.05
@@ -133,8 +133,8 @@ def report_sections(
                     "configured": wanted,
                     "minutes": round(base_info.get("train_seconds", 0) / 60, 1),
                     **{
-                        METRIC_LABELS.get(m, m): f"{base[m].iloc[0]:.3f}"
-                        for m in ("ocr", "ocr_exact", "color", "color_accuracy")
+                        metric_label(m): f"{base[m].iloc[0]:.3f}"
+                        for m in reward_metrics(raw["rewards"]["score"])
                         if m in base and len(base)
                     },
                 }

@@ -10,38 +10,41 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-REWARD_LABELS = {
-    "ocr": "OCR reward",
-    "color": "colour reward",
-    "quality": "quality (0-10)",
-    "pickscore": "PickScore",
-}
+from pipeline.rewards import REWARDS
 
 
-METRIC_LABELS = REWARD_LABELS | {
-    "mixed": "mixed reward",
-    "ocr_exact": "OCR exact match",
-    "color_accuracy": "colour accuracy",
-}
+def metric_label(name: str) -> str:
+    """How a table names a metric: a reward's label or one of its indicators' (from the
+    registry, read at call time), ``mixed reward``, else the name itself."""
+    if name == "mixed":
+        return "mixed reward"
+    if name in REWARDS:
+        return REWARDS[name].label or name
+    for reward in REWARDS.values():
+        if name in reward.indicators:
+            return reward.indicators[name]
+    return name
+
+
+def reward_metrics(names) -> list[str]:
+    """Each reward of ``names`` followed by its indicators: the per-image metric columns."""
+    return [column for name in names for column in (name, *getattr(REWARDS.get(name), "indicators", {}))]
 
 
 def per_image_table(rewards: pd.DataFrame, weights: dict[str, float] | None = None) -> pd.DataFrame:
-    """Long rewards table -> one row per image: a score column per reward plus accuracies, and
-    ``mixed`` (``sum_m w_m r_m``, the reward the methods optimise) when every reward with a
-    non-zero weight in ``weights`` was scored."""
+    """Long rewards table -> one row per image: a score column per reward plus its indicators
+    as rates (``Reward.indicators``), and ``mixed`` (``sum_m w_m r_m``, the reward the methods
+    optimise) when every reward with a non-zero weight in ``weights`` was scored."""
     keys = ["model", "line_id", "seed"]
     wide = rewards.pivot_table(index=keys, columns="reward", values="score", aggfunc="first").reset_index()
     weighted = {name: w for name, w in (weights or {}).items() if w != 0}
     if weighted and all(name in wide for name in weighted):
         wide["mixed"] = sum(w * wide[name] for name, w in weighted.items())
-    if "ocr" in set(rewards.reward):
-        ocr = rewards[rewards.reward == "ocr"].set_index(keys)["ocr_exact"].astype(float).rename("ocr_exact")
-        wide = wide.join(ocr, on=keys)
-    if "color" in set(rewards.reward):
-        color = rewards[rewards.reward == "color"].set_index(keys)
-        wide = wide.join(
-            (color["color_pred"] == color["color"]).astype(float).rename("color_accuracy"), on=keys
-        )
+    for name in sorted(set(rewards.reward)):
+        for indicator in getattr(REWARDS.get(name), "indicators", {}):
+            if indicator in rewards:
+                own = rewards[rewards.reward == name].set_index(keys)[indicator]
+                wide = wide.join(own.astype(float), on=keys)
     return wide
 
 
@@ -118,7 +121,7 @@ def headline_table(summary: pd.DataFrame, paired: pd.DataFrame, metrics: list[st
                     paired.loc[model, f"{metric}_diff"], paired.loc[model, f"{metric}_diff_se"]
                 )
                 cell += f" ({change})" if change else ""
-            row[METRIC_LABELS.get(metric, metric)] = cell
+            row[metric_label(metric)] = cell
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -134,7 +137,7 @@ def trend_table(stability: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
             if f"{name}_trend" not in run_row:
                 continue
             cell = format_change(run_row[f"{name}_trend"], run_row[f"{name}_trend_se"])
-            row[REWARD_LABELS.get(name, "mixed reward")] = cell or "too few iterations (a trend needs 3)"
+            row[metric_label(name)] = cell or "too few iterations (a trend needs 3)"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -159,7 +162,7 @@ def method_summary(methods: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
         out["balanced gain B"] = cell(row, "B")
         out["worst reward W"] = cell(row, "W")
         for name in rewards:
-            out[f"z {REWARD_LABELS.get(name, name)}"] = cell(row, f"z_{name}")
+            out[f"z {metric_label(name)}"] = cell(row, f"z_{name}")
         out["mixed reward gain (flow_grpo's objective)"] = cell(row, "mixed_gain")
         if "trend" in row:
             out["training trend (mixed)"] = cell(row, "trend")

@@ -28,11 +28,11 @@ import pyarrow as pa
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from pipeline import io, tracking
 from pipeline.checkpoint import snapshot_files
 from pipeline.models.backends import backend_options, load_policy
+from pipeline.progress import Progress
 from pipeline.sampling.tree import ode_samples
 
 
@@ -119,16 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     if evaluation["max_prompts"]:
         test = test.head(evaluation["max_prompts"])
     rows = []
-    with tracking.stage_run(args, raw) as run:
-        for seed in tqdm(evaluation["seeds"], desc="seeds", disable=None):
+    steps, seeds = sampling["eval_steps"], evaluation["seeds"]
+    # One unit is one denoising step of one seed's whole test split.
+    progress = Progress(f"sample_eval {args.model}", steps * len(seeds), "step")
+    with tracking.stage_run(args, raw) as run, progress:
+        for seed in seeds:
             rollout = ode_samples(
                 policy,
                 list(test.prompt),
-                sampling["eval_steps"],
+                steps,
                 sampling["guidance"],
                 seed,
                 sampling["max_batch"],
                 sampling["shift"],
+                on_step=lambda step, seed=seed: progress.advance(note=f"seed {seed}"),
             )
             for image, record in zip(rollout.images, test.itertuples(index=False), strict=True):
                 relative = Path("images") / f"{record.line_id}_{seed}.png"

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm import tqdm
 
 from pipeline import io, tracking
 from pipeline.images import load_image
+from pipeline.progress import Progress
 from pipeline.rewards import REWARDS, Reward, build_rewards, check_names
 from pipeline.rewards.base import target_color, target_text
 from pipeline.rewards.pool import reward_pool, worker_rewards
@@ -106,16 +106,19 @@ def score_table(
     results: list[dict] = []
     workers = min(workers, len(chunks))
     if per_image and workers > 1:
-        with reward_pool(workers, per_image, settings) as pool:
-            progress = tqdm(total=len(paths), desc="scoring", unit="img", disable=None)
+        with (
+            reward_pool(workers, per_image, settings) as pool,
+            Progress("score", len(paths), "image") as progress,
+        ):
             for part in pool.imap_unordered(_score_chunk_in_worker, chunks):
                 results.extend(part)
-                progress.update(len({r["row"] for r in part}))
-            progress.close()
+                progress.advance(len({r["row"] for r in part}))
     elif per_image:
         rewards = build_rewards(per_image, settings)
-        for chunk in tqdm(chunks, desc="scoring", unit="chunk", disable=None):
-            results.extend(score_chunk(rewards, *chunk))
+        with Progress("score", len(paths), "image") as progress:
+            for chunk in chunks:
+                results.extend(score_chunk(rewards, *chunk))
+                progress.advance(len(chunk[0]))
     if batched:
         rewards = build_rewards(batched, settings)
         results.extend(score_chunk(rewards, paths, prompts, metadata, list(range(len(paths)))))
@@ -129,7 +132,7 @@ def unreadable_images(paths: list[Path]) -> dict[int, str]:
     """``{row: problem}`` for every image file that cannot be decoded (truncated, empty,
     not an image), found by decoding each one before any scoring."""
     problems = {}
-    for row, path in enumerate(tqdm(paths, desc="reading", unit="img", disable=None)):
+    for row, path in enumerate(paths):
         try:
             load_image(path)
         except ValueError as error:

@@ -43,13 +43,11 @@ def model_params(cfg: StudyConfig) -> dict:
 
 
 def reward_settings(cfg: StudyConfig, names) -> dict:
-    """The ``rewards`` settings sections the named rewards read: their own, and the OCR
-    engine's when one of them reads text (``Reward.needs_ocr``)."""
+    """The ``rewards`` settings sections the named rewards read (``Reward.config_sections``:
+    their own, and the shared OCR engine's for those that read text)."""
     sections = cfg.rewards.settings()
-    wanted = [name for name in names if name in sections]
-    if any(REWARDS[name].needs_ocr for name in names):
-        wanted.append("ocr")
-    return {name: sections[name] for name in sorted(set(wanted))}
+    wanted = {section for name in names for section in REWARDS[name].config_sections}
+    return {section: sections[section] for section in sorted(wanted)}
 
 
 def pretrain_params(cfg: StudyConfig) -> dict:

@@ -58,6 +58,7 @@ from pipeline.config import TRAIN_RUNTIME_KEYS, MethodConfig, RewardsConfig, Tra
 from pipeline.evaluation import LeafScorer
 from pipeline.models.backends import backend_options, load_policy
 from pipeline.models.policy import trainable_state
+from pipeline.progress import Progress
 from pipeline.rewards import build_rewards
 from pipeline.rl import distributed
 from pipeline.rl.distributed import SINGLE, Ranks
@@ -200,6 +201,7 @@ def _train_loop(
             save_checkpoint(checkpoint_dir, weights, optimizer, state)
         distributed.barrier(ranks)
 
+    progress = Progress("train", cfg.iterations, "iteration", done=start) if ranks.is_main else None
     for iteration in range(start, cfg.iterations):
         if distributed.agree(guard.would_exceed(), ranks):  # every rank stops, or none
             if iteration > start and iteration % cfg.checkpoint_every:
@@ -228,6 +230,8 @@ def _train_loop(
         if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
             checkpoint(iteration + 1)
         guard.end_unit()
+        if progress is not None:
+            progress.advance(note=f"rollout mixed reward {row['reward_mixed']:.4f}")
     if ema is not None:
         ema.copy_to_parameters()
     probe_now(len(history))

@@ -22,7 +22,7 @@ for _configfile in workflow.configfiles:
 # bad key, type or value fails here, before any job.
 config.update(study_config.coerce_strings(config))
 CFG = study_config.load(config, source="the study config")
-study_config.check_reward_names(CFG, REWARDS, source="the study config")
+study_config.check_rewards(CFG, REWARDS, source="the study config")
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"
 RESULTS = f"results/{CFG.study}"

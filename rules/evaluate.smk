@@ -83,6 +83,7 @@ rule report:
         tests=f"{RESULTS}/report/tests.csv",
         equal_nfe=f"{RESULTS}/report/equal_nfe.csv",
         equal_nfe_tests=f"{RESULTS}/report/equal_nfe_tests.csv",
+        curves=directory(f"{RESULTS}/report/curves"),
         grid=report(
             f"{RESULTS}/report/grid.png",
             caption="../report/index.rst",

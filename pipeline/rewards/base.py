@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,9 +34,28 @@ class RewardOutput:
 
 
 class Reward:
-    """Base class: subclasses set ``name`` and implement :meth:`score`."""
+    """Base class: subclasses set ``name`` and the metadata below, and implement :meth:`score`.
+
+    The metadata is all that the trainer, the score and report stages, the model card and the
+    workflow know of a reward, so a new reward is its module plus one line in the registry
+    (``pipeline/rewards/__init__.py``); a config names it like any other.
+    """
 
     name: str = ""
+    # How tables, figures and the report name it.
+    label: str = ""
+    # Whether a larger score is better; the report's standardised gains flip the sign if not.
+    higher_is_better: bool = True
+    # 0/1 indicators in its details, reported as rates beside its score: detail key -> label.
+    indicators: ClassVar[dict[str, str]] = {}
+    # The ``rewards`` config sections it reads: its own, and the shared OCR engine's ("ocr")
+    # if it reads text. A stage is handed (and reruns for) these sections only.
+    config_sections: ClassVar[tuple[str, ...]] = ()
+    # Keys of its own config section that name local folders; the workflow checks that they
+    # exist before any job.
+    local_folders: ClassVar[tuple[str, ...]] = ()
+    # Whether scoring an image reads its text with the OCR engine (callers then run OCR once
+    # for every reward that needs it).
     needs_ocr: bool = False
     # Per-image rewards are spread over worker processes by the scoring stage; the others
     # (model-based, batched) run once over all images in the main process.

@@ -18,6 +18,7 @@ how sharp the boundary is. The predicted colour (``argmax p``) gives colour accu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -68,6 +69,10 @@ class ColorReward(Reward):
     """
 
     name = "color"
+    label = "colour reward"
+    indicators: ClassVar[dict[str, str]] = {"color_correct": "colour accuracy"}
+    config_sections: ClassVar[tuple[str, ...]] = ("color", "ocr")
+    needs_ocr = True  # by default (use_ocr_boxes); an instance without boxes sets False
 
     def __init__(
         self, temperature: float = 10.0, use_ocr_boxes: bool = True, engine: OcrEngine | None = None
@@ -95,7 +100,13 @@ class ColorReward(Reward):
         for row, (image, meta) in enumerate(zip(images, metadata, strict=True)):
             target = target_color(meta, row)
             rgb, reason = as_rgb(image)
-            detail = {"reason": reason, "color_pred": None, "color_delta_e": None, "color_text_lab": None}
+            detail = {
+                "reason": reason,
+                "color_pred": None,
+                "color_correct": False,
+                "color_delta_e": None,
+                "color_text_lab": None,
+            }
             if rgb is not None:
                 reading = self._reading(rgb, meta)
                 if reading is not None and reading.mode == "det" and not reading.boxes:
@@ -108,8 +119,10 @@ class ColorReward(Reward):
                         probabilities = palette_probabilities(separation.text, self.temperature)
                         index = COLOR_NAMES.index(target)
                         scores[row] = probabilities[index]
+                        predicted = COLOR_NAMES[int(probabilities.argmax())]
                         detail |= {
-                            "color_pred": COLOR_NAMES[int(probabilities.argmax())],
+                            "color_pred": predicted,
+                            "color_correct": predicted == target,
                             "color_delta_e": float(np.linalg.norm(PALETTE_LAB[index] - separation.text)),
                             "color_text_lab": [round(float(v), 2) for v in separation.text],
                         }

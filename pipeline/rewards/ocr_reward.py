@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -17,6 +18,9 @@ class OcrReward(Reward):
     """
 
     name = "ocr"
+    label = "OCR reward"
+    indicators: ClassVar[dict[str, str]] = {"ocr_exact": "OCR exact match"}
+    config_sections: ClassVar[tuple[str, ...]] = ("ocr",)
     needs_ocr = True
 
     def __init__(self, engine: OcrEngine | None = None):

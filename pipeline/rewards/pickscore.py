@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +29,9 @@ class PickScoreReward(Reward):
     """
 
     name = "pickscore"
+    label = "PickScore"
+    config_sections: ClassVar[tuple[str, ...]] = ("pickscore",)
+    local_folders: ClassVar[tuple[str, ...]] = ("model_dir",)
     per_image = False
 
     def __init__(

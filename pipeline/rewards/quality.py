@@ -49,6 +49,7 @@ def quality_components(rgb: np.ndarray) -> dict[str, float] | None:
 
 class QualityReward(Reward):
     name = "quality"
+    label = "quality (0-10)"
 
     def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         check_lengths(images, prompts, metadata)

@@ -297,11 +297,7 @@ def probe(
     weights = np.array([settings.reward_weights.get(n, 0.0) for n in rewards])
     row = {f"{name}_mean": float(scores[name].mean()) for name in rewards}
     row["reward_mixed"] = float((scores[list(rewards)].to_numpy() @ weights).mean())
-    if "ocr_exact" in scores:
-        row["ocr_exact_mean"] = float(scores["ocr_exact"].mean())
-    if "color_correct" in scores:
-        row["color_correct_mean"] = float(scores["color_correct"].mean())
-    return row | {"nfe_probe": rollout.nfe}
+    return row | indicator_means(rewards, scores) | {"nfe_probe": rollout.nfe}
 
 
 def prompt_seed(seed: int, iteration: int, index: int) -> int:
@@ -452,8 +448,13 @@ def run_iteration(
     row |= {f"seconds_{phase}": seconds for phase, seconds in timer.seconds.items()}
     for name in names:
         row[f"{name}_mean"], row[f"{name}_std"] = float(scores[name].mean()), float(scores[name].std(ddof=0))
-    if "ocr_exact" in scores:
-        row["ocr_exact_mean"] = float(scores["ocr_exact"].mean())
-    if "color_correct" in scores:
-        row["color_correct_mean"] = float(scores["color_correct"].mean())
-    return row | stats
+    return row | indicator_means(scorer.rewards, scores) | stats
+
+
+def indicator_means(rewards: dict[str, Reward], scores: pd.DataFrame) -> dict[str, float]:
+    """``<indicator>_mean`` (a rate) of every reward's indicator columns in ``scores``."""
+    return {
+        f"{indicator}_mean": float(scores[indicator].mean())
+        for reward in rewards.values()
+        for indicator in reward.indicators
+    }

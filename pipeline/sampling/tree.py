@@ -18,7 +18,7 @@ the step index and sigmas, the old log-probability and whether the step was stoc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,6 +167,7 @@ def sample_tree(
     max_batch: int = 64,
     seed: int | Sequence[int] = 0,
     decode: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> TreeRollout:
     """Sample a forest of ``schedule.roots`` trees per prompt (module docstring).
 
@@ -182,6 +183,7 @@ def sample_tree(
         seed: the same seed gives the same tree (noise is drawn on the CPU, in node order);
             or ``P`` seeds, one noise stream per prompt (:func:`draw_noise`).
         decode: decode the leaves to images.
+        on_step: called with each finished step's index (a stage's progress line).
     """
     if len(sigmas) != schedule.num_steps + 1:
         raise ValueError(f"{len(sigmas)} sigmas for {schedule.num_steps} steps (expected num_steps + 1)")
@@ -207,6 +209,8 @@ def sample_tree(
             policy, x, sigma, cond.select(rows), uncond.select(rows), guidance, max_batch
         )
         nfe += cost
+        if on_step is not None:
+            on_step(step)
         factor, stochastic = schedule.factor(step), schedule.is_stochastic(step)
         parents = active.repeat_interleave(factor)
         x_rep, v_rep = x.repeat_interleave(factor, dim=0), v.repeat_interleave(factor, dim=0)
@@ -265,6 +269,7 @@ def ode_samples(
     seed: int,
     max_batch: int = 64,
     shift: float = 3.0,
+    on_step: Callable[[int], None] | None = None,
 ) -> TreeRollout:
     """One deterministic (ODE) sample per prompt: images ``[P, H, W, 3]`` in prompt order."""
     schedule = TreeSchedule(num_steps=steps, roots=1, between="ode")
@@ -277,4 +282,5 @@ def ode_samples(
         noise_level=0.0,
         max_batch=max_batch,
         seed=seed,
+        on_step=on_step,
     )

@@ -167,7 +167,7 @@ def test_unknown_reward_name_in_config(key, value):
 
     cfg = config.load(_set(default_raw(), key, value))
     with pytest.raises(config.ConfigError, match=f"'{key}': unknown reward 'beauty' \\(rewards: ocr, "):
-        config.check_reward_names(cfg, list(REWARDS))
+        config.check_rewards(cfg, REWARDS)
 
 
 def test_the_config_command_checks_reward_names(tmp_path):
@@ -175,7 +175,7 @@ def test_the_config_command_checks_reward_names(tmp_path):
     path.write_text(
         "study: x\nmlflow: {}\ndataset: {source: {kind: generated}}\nrewards: {score: [beauty]}\n"
     )
-    assert config.main([str(path), "--no-paths"], reward_names=["ocr"]) == 1
+    assert config.main([str(path), "--no-paths"], rewards={"ocr": object}) == 1
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.config", str(path), "--no-paths"],
         cwd=REPO,
@@ -232,12 +232,19 @@ def test_the_key_reference_is_generated_from_the_schema():
     assert "| `train.edge_fraction` | `0.25` |" in docs
 
 
-def test_pickscore_without_local_model_names_the_key():
-    raw = _set(default_raw(), "rewards.score", ["pickscore"])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rewards.score", ["pickscore"]), ("train.reward_weights", {"ocr": 1.0, "pickscore": 1.0})],
+)
+def test_pickscore_without_local_model_names_the_key(key, value):
+    """Scored or only trained: its folder (Reward.local_folders) is checked before any job."""
+    from pipeline.rewards import REWARDS
+
+    cfg = config.load(_set(default_raw(), key, value))
     with pytest.raises(
         config.ConfigError, match="'rewards.pickscore.model_dir': local folder '' does not exist"
     ):
-        config.load(raw)
+        config.check_rewards(cfg, REWARDS)
 
 
 def test_reward_settings_build_every_reward_option():
@@ -281,11 +288,6 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
         ("train.learning_rate", float("inf"), r"'train.learning_rate' \(inf\): numbers must be finite"),
         ("model.mini.max_text_len", 5, r"'model.mini.max_text_len' \(5\) is shorter than .*word_max_len = 6"),
         ("methods", {}, "'methods' is empty"),
-        (
-            "train.reward_weights",
-            {"ocr": 1.0, "pickscore": 1.0},
-            "'rewards.pickscore.model_dir': local folder '' does not exist",
-        ),
     ],
 )
 def test_configs_that_used_to_fail_late_fail_at_load(path, value, expected):

@@ -56,7 +56,7 @@ def test_outputs_exist_with_expected_rows(study):
         assert set(samples.iteration) <= {1, 2} and samples.training_nfe.notna().all()
     summary = pd.read_csv(study / RESULTS / "report" / "summary.csv")
     assert list(summary.model) == ["base", *sorted(RUNS + EQUAL_NFE)]
-    assert {"mixed", "ocr", "ocr_exact", "color_accuracy", "quality", "ocr_seed_std", "training_nfe"} <= set(
+    assert {"mixed", "ocr", "ocr_exact", "color_correct", "quality", "ocr_seed_std", "training_nfe"} <= set(
         summary.columns
     )
     methods = pd.read_csv(study / RESULTS / "report" / "methods.csv")
@@ -137,3 +137,19 @@ def test_bad_config_fails_before_any_job(study):
     assert result.returncode != 0
     message = result.stdout + result.stderr
     assert "dataset.source.generator.n_train" in message and "-1" in message
+
+
+def test_everything_the_report_writes_is_a_declared_output(study):
+    """Snakemake's summary lists every output of the DAG (directories whole): the report folder
+    holds nothing else, so nothing in it can go stale unnoticed or survive a rerun."""
+    summary = snakemake(study, *TINY, "--summary").stdout.splitlines()
+    declared = {line.split("\t")[0] for line in summary[1:] if line.strip()}
+    report_dir = study / RESULTS / "report"
+    written = {str(path.relative_to(study)) for path in report_dir.rglob("*") if path.is_file()}
+    undeclared = {
+        path
+        for path in written
+        if path not in declared and not any(path.startswith(f"{d}/") for d in declared)
+    }
+    assert written and not undeclared, sorted(undeclared)
+    assert any(path.startswith(f"{RESULTS}/report/curves/") for path in written)
