@@ -5,6 +5,8 @@
 #   make report   - pack the study's annotated outputs into results/report.zip
 #   make test     - set up and run the test suite
 #   make ui       - serve the MLflow UI on http://127.0.0.1:5000 and print the runs' address
+#   make follow   - every 15 s, the last line (progress, rate, ETA) of each job log written in
+#                   the last minute: the jobs running now
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -16,7 +18,7 @@ UI_PORT ?= 5000
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup study dry-run report test lint ui clean
+.PHONY: setup study dry-run report test lint ui follow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +53,15 @@ lint: setup
 
 ui: setup
 	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
+
+follow:
+	@while true; do \
+		date +%T; \
+		find results -path '*/logs/*' -name '*.log' -mmin -1 2>/dev/null | sort | while read -r log; do \
+			printf '  %s: %s\n' "$$log" "$$(tail -n 1 "$$log")"; \
+		done; \
+		sleep 15; \
+	done
 
 clean:
 	rm -rf results .snakemake

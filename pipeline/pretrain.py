@@ -39,6 +39,7 @@ from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
 from pipeline.progress import Progress
 from pipeline.render import Layout, render_example
 from pipeline.rl.ema import Ema, without_averages
+from pipeline.sources import sources_digest
 from pipeline.time_guard import TimeGuard
 
 LOG_EVERY = 10  # steps between loss records
@@ -102,7 +103,7 @@ def train(
         start, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         print(f"resuming from step {start} ({elapsed:.0f} s trained)")
     elif checkpoint_dir.exists():
-        print("checkpoint from another config: starting afresh")
+        print("checkpoint from another config or code: starting afresh")
     model.train()
     began, step = time.perf_counter() - elapsed, start
     guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "pretrain.max_minutes")
@@ -202,8 +203,10 @@ def _pretrain(
     model = build_model(mini_cfg, cfg.seed)
     resume_file = args.out_dir / tracking.RESUME_RUN_FILE
     with tracking.stage_run(args, raw | {"runtime": runtime}, resume_file=resume_file) as run:
-        # The checkpoint belongs to what decides the weights: after a changed time guard it resumes.
-        info = train(model, train_split, cfg, args.out_dir, run, config_hash(raw))
+        # The checkpoint belongs to what decides the weights, config and code: after a changed
+        # time guard it resumes, after a code edit it starts afresh.
+        stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.pretrain")})
+        info = train(model, train_split, cfg, args.out_dir, run, stage_hash)
         save_mini(model, args.out_dir / "model")
         metrics = pd.DataFrame(info.pop("history"))
         io.write_parquet(

@@ -12,6 +12,7 @@ that module is itself the command (``python -m pipeline.config``), never inside 
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -101,3 +102,13 @@ def module_closure(entry: str, root: Path = ROOT) -> tuple[str, ...]:
 def stage_sources(entry: str, root: Path = ROOT) -> list[str]:
     """The files of :func:`module_closure`, relative to ``root`` (``pipeline/train.py``, ...)."""
     return [module_path(name, root).relative_to(root).as_posix() for name in module_closure(entry, root)]
+
+
+def sources_digest(entry: str, root: Path = ROOT) -> str:
+    """A SHA-256 over the paths and bytes of :func:`stage_sources`: a stage keeps it in its
+    checkpoint, so that a rerun after a code edit starts afresh instead of resuming from a
+    checkpoint (even a finished one) that the old code wrote."""
+    digest = hashlib.sha256()
+    for path in stage_sources(entry, root):
+        digest.update(path.encode() + b"\0" + (root / path).read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -65,6 +65,7 @@ from pipeline.rl.distributed import SINGLE, Ranks
 from pipeline.rl.ema import Ema, without_averages
 from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
 from pipeline.sampling.schedule import TreeSchedule
+from pipeline.sources import sources_digest
 from pipeline.time_guard import TimeGuard
 
 
@@ -154,7 +155,9 @@ def _train_loop(
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     ema = Ema(parameters, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    checkpoint_dir, stage_hash = out_dir / "checkpoint", config_hash(raw)
+    # A checkpoint resumes only under the same weight-deciding config and the same code.
+    checkpoint_dir = out_dir / "checkpoint"
+    stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.train")})
     start, history, probes, elapsed = 0, [], [], 0.0
     restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
     if restored is not None:
@@ -167,7 +170,7 @@ def _train_loop(
         if ranks.is_main:
             print(f"resuming at iteration {start}")
     elif checkpoint_dir.exists() and ranks.is_main:
-        print("checkpoint from another config: starting afresh")
+        print("checkpoint from another config or code: starting afresh")
     if ranks.is_main:
         drop_snapshots_after(snapshot_store(checkpoint_dir), start)
     began = time.perf_counter() - elapsed

@@ -209,3 +209,29 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
     assert (info["steps"], info["steps_configured"], info["cut_short"]) == (3, 6, True)
     assert "WARNING: cut short by its time guard after 3 of 6 steps" in cut_short_warning(info)
     assert cut_short_warning(info | {"cut_short": False}) == ""
+
+
+def test_a_code_edit_retrains_instead_of_resuming_the_finished_checkpoint(tmp_path, monkeypatch, capsys):
+    """The workflow reruns pretraining after an edit of its code; the old code's finished
+    checkpoint must not stand in for the new code's model."""
+    split = tmp_path / "train.parquet"
+    pd.DataFrame(
+        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    ).to_parquet(split)
+    config = {"pretrain": {"steps": 4, "batch_size": 2, "checkpoint_every": 2}, "mini": TINY_MINI}
+    args = [
+        "--train",
+        str(split),
+        "--config-json",
+        json.dumps(config),
+        *RUNTIME,
+        "--out-dir",
+        str(tmp_path / "b"),
+    ]
+    assert pretrain.main(args) == 0
+    assert pretrain.main(args) == 0  # same code: resumes at the end, trains nothing
+    assert "resuming from step 4" in capsys.readouterr().out
+    monkeypatch.setattr(pretrain, "sources_digest", lambda entry: "edited")
+    assert pretrain.main(args) == 0
+    out = capsys.readouterr().out
+    assert "starting afresh" in out and "step 4/4" in out

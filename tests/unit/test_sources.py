@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pipeline.sources import imported_names, module_closure, stage_sources
+from pipeline.sources import imported_names, module_closure, sources_digest, stage_sources
 from tests.conftest import REPO
 
 STAGES = (
@@ -105,3 +105,14 @@ def test_toy_package_forms_of_import(tmp_path):
     )
     assert stage_sources("pipeline.entry", root)[:2] == ["pipeline/__init__.py", "pipeline/a.py"]
     assert "pipeline/sub/__init__.py" in stage_sources("pipeline.entry", root)
+
+
+def test_the_digest_follows_the_bytes_of_every_module_run(tmp_path):
+    root = _package(
+        tmp_path,
+        {"pipeline/__init__.py": "", "pipeline/a.py": "import pipeline.b\n", "pipeline/b.py": "x = 1\n"},
+    )
+    first = sources_digest("pipeline.a", root)
+    assert sources_digest("pipeline.a", root) == first
+    (root / "pipeline" / "b.py").write_text("x = 2\n")  # an imported module, not the entry
+    assert sources_digest("pipeline.a", root) != first
