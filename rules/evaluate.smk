@@ -7,6 +7,7 @@ rule sample_eval:
         mlflow=MLFLOW_RECORD,
     output:
         samples=f"{RESULTS}/eval/{{model}}/samples.parquet",
+        images=directory(f"{RESULTS}/eval/{{model}}/images"),
         run_id=f"{RESULTS}/eval/{{model}}/samples_mlflow_run_id.txt",
     log:
         f"{RESULTS}/logs/sample_eval/{{model}}.log",
