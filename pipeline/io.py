@@ -21,22 +21,28 @@ import pyarrow.parquet as pq
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s folder; rename it onto ``target`` on success.
 
-    The file gets the permissions of any new file (0666 less the umask; ``mkstemp`` alone
-    would leave it 0600), and an OS error while writing (a full disk) names ``target``.
+    The file gets the permissions of any new file (0666 less the umask), set after the writer
+    is done: ``mkstemp`` creates it 0600, and a writer that replaces the file (safetensors'
+    ``save_file``) does too. An OS error while writing (a full disk) names ``target``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        follow_umask(tmp_path)
         os.replace(tmp_path, target)
     except OSError as error:
         raise type(error)(error.errno, f"{error.strerror or error} (writing {target})") from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions of a new file: 0666 less the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def current_umask() -> int:

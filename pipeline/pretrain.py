@@ -32,7 +32,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import io, tracking
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, restart_remedy, save_checkpoint
 from pipeline.config import PRETRAIN_RUNTIME_KEYS, MiniModelConfig, PretrainConfig, config_hash
 from pipeline.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer, save_mini
@@ -97,7 +97,14 @@ def train(
     restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
     if restored is not None:
         weights, state = restored
-        model.load_state_dict(without_averages(weights))
+        try:
+            model.load_state_dict(without_averages(weights))  # strict: every tensor, no other
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise SystemExit(
+                f"{checkpoint_dir / 'weights.safetensors'}: does not fit the model ({first}); "
+                f"{restart_remedy(checkpoint_dir)}"
+            ) from None
         if ema is not None:
             ema.restore(weights)
         start, elapsed, history = state["step"], state["elapsed_s"], state["history"]

@@ -27,25 +27,30 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from pipeline import io, tracking
-from pipeline.checkpoint import snapshot_files
+from pipeline.checkpoint import read_tensors, snapshot_files
 from pipeline.models.backends import backend_options, load_policy
+from pipeline.models.policy import trainable_state
 from pipeline.progress import Progress
 from pipeline.sampling.tree import ode_samples
 
 
 def load_trained(policy, weights: Path) -> None:
     """Copy a method's trained parameters (LoRA adapter or denoiser) into ``policy``."""
-    state = load_file(weights)
-    params = dict(policy.module.named_parameters())
-    missing = [name for name in state if name not in params]
-    if missing:
-        raise SystemExit(f"--weights {weights}: {len(missing)} tensors match no parameter, e.g. {missing[0]}")
+    state = read_tensors(weights, "rerun the train job that wrote it")
+    trainable = dict(trainable_state(policy))
+    unknown, missing = sorted(set(state) - set(trainable)), sorted(set(trainable) - set(state))
+    if unknown or missing:
+        problem = (
+            f"{len(unknown)} tensors match no parameter"
+            if unknown
+            else f"{len(missing)} of {len(trainable)} trained parameters missing"
+        )
+        raise SystemExit(f"--weights {weights}: {problem}, e.g. {(unknown or missing)[0]}")
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            trainable[name].copy_(value)
 
 
 def nearest_snapshot(cumulative_nfe: dict[int, float], snapshots: list[int], target: float) -> int:

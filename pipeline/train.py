@@ -50,6 +50,7 @@ from pipeline import io, tracking
 from pipeline.checkpoint import (
     load_checkpoint,
     require_finite,
+    restart_remedy,
     save_checkpoint,
     snapshot_files,
     snapshot_name,
@@ -112,11 +113,25 @@ def trainable_weights(policy) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in trainable_state(policy)}
 
 
-def load_trainable_weights(policy, weights: dict[str, torch.Tensor]) -> None:
-    params = dict(policy.module.named_parameters())
+def load_trainable_weights(policy, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy ``weights`` (read from ``source``) into every trainable parameter of ``policy``; a
+    file that lacks one, or holds a tensor of another name or shape, stops the job: a partial
+    restore would train on, or save, weights the checkpoint never held."""
+    trainable = dict(trainable_state(policy))
+    missing, unknown = sorted(set(trainable) - set(weights)), sorted(set(weights) - set(trainable))
+    remedy = restart_remedy(source.parent)
+    if missing or unknown:
+        problems = [f"{len(missing)} of {len(trainable)} trainable parameters missing"] if missing else []
+        problems += [f"{len(unknown)} tensors that match no trainable parameter"] if unknown else []
+        raise SystemExit(f"{source}: {'; '.join(problems)} (e.g. {(missing or unknown)[0]!r}); {remedy}")
     with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+        for name, param in trainable.items():
+            if param.shape != weights[name].shape:
+                raise SystemExit(
+                    f"{source}: {name!r} has shape {tuple(weights[name].shape)}, the model's is "
+                    f"{tuple(param.shape)}; {remedy}"
+                )
+            param.copy_(weights[name])
 
 
 def run_config(raw: dict, runtime: dict) -> TrainConfig:
@@ -159,10 +174,10 @@ def _train_loop(
     checkpoint_dir = out_dir / "checkpoint"
     stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.train")})
     start, history, probes, elapsed = 0, [], [], 0.0
-    restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash)
+    restored = load_checkpoint(checkpoint_dir, optimizer, stage_hash, counter="iteration")
     if restored is not None:
         weights, state = restored
-        load_trainable_weights(policy, without_averages(weights))
+        load_trainable_weights(policy, without_averages(weights), checkpoint_dir / "weights.safetensors")
         if ema is not None:
             ema.restore(weights)
         start, history, elapsed = state["iteration"], state["history"], state["elapsed_s"]

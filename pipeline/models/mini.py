@@ -45,11 +45,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from pipeline import io
-from pipeline.checkpoint import require_finite
+from pipeline.checkpoint import read_tensors, require_finite
 from pipeline.curation import decide, first_quoted_span
 from pipeline.models.policy import Conditioning
 from pipeline.palette import COLOR_NAMES
@@ -265,10 +265,20 @@ def load_mini(folder: str | Path) -> MiniModel:
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"mini model folder {folder} has no {name}")
-    raw = json.loads((folder / "config.json").read_text())
-    raw["block_out_channels"] = tuple(raw["block_out_channels"])
-    model = MiniModel(MiniConfig(**raw))
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    remedy = f"delete {folder} and rerun pretrain_base to rebuild it"
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        raw["block_out_channels"] = tuple(raw["block_out_channels"])
+        model = MiniModel(MiniConfig(**raw))
+    except (ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{folder / 'config.json'}: not a mini model config ({error!r}); {remedy}") from None
+    try:
+        model.load_state_dict(read_tensors(folder / "model.safetensors", remedy))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise SystemExit(
+            f"{folder / 'model.safetensors'}: does not fit {folder / 'config.json'} ({first}); {remedy}"
+        ) from None
     return model
 
 

@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from pipeline import train
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
@@ -233,3 +234,23 @@ def test_time_guard_stop_marks_the_run_cut_short(tmp_path, train_split, monkeypa
     assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
     assert (info["iterations"], info["iterations_configured"], info["cut_short"]) == (2, 4, True)
+
+
+@pytest.mark.parametrize("records_names", [True, False])
+def test_a_checkpoint_without_the_trained_weights_never_resumes(tmp_path, train_split, records_names):
+    """Its weights.safetensors valid but empty: the run would have saved the untrained base as
+    its result. With or without the names state.json records (older checkpoints lack them),
+    the job stops naming the file."""
+    tiny_mini_dir(tmp_path / "mini")
+    jsons = train_jsons(iterations=2, checkpoint_every=1, probe_prompts=0)
+    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
+    checkpoint = tmp_path / "out" / "checkpoint"
+    save_file({}, checkpoint / "weights.safetensors")
+    if not records_names:
+        state = json.loads((checkpoint / "state.json").read_text())
+        del state["tensors"]
+        (checkpoint / "state.json").write_text(json.dumps(state))
+    with pytest.raises(
+        SystemExit, match=r"weights.safetensors: .*missing.*delete .*checkpoint to start the run afresh"
+    ):
+        train.main(_train_args(tmp_path, train_split, jsons))
