@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         comparison, csv_tables = comparison_tables(runs, raw)
         comparison["spreads"] = spread_text
         curves = {r: png_bytes(curve_figure(metrics, probes, r)) for r in reward_names} if metrics else {}
-        grid = grid_image(
-            samples, {m: p.parent for m, p in sample_paths.items()}, raw["report"]["grid_prompts"]
-        )
+        # Images are shown only from inside the study's results folder (report/ sits in it).
+        allowed, roots = args.out_dir.parent, {m: p.parent for m, p in sample_paths.items()}
+        grid = grid_image(samples, roots, raw["report"]["grid_prompts"], allowed)
         buffer = stdio.BytesIO()
         Image.fromarray(grid).save(buffer, format="png")
         io.write_text(args.out_dir / "summary.csv", summary.to_csv(index=False))
@@ -215,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = [m for m in ("mixed", *reward_metrics(reward_names)) if m in summary]
         headline = headline_table(summary, paired, shown)
         trends = trend_table(stability, reward_names) if len(stability) else pd.DataFrame()
-        samples_html = sample_cells(
-            samples, {m: p.parent for m, p in sample_paths.items()}, rewards, raw["report"]["grid_prompts"]
-        )
+        samples_html = sample_cells(samples, roots, rewards, raw["report"]["grid_prompts"], allowed)
         warnings = warnings_for(raw, summary, infos, base_info)
         for warning in warnings:
             print(f"WARNING: {warning}")

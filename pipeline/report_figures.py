@@ -66,26 +66,74 @@ def png_bytes(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def grid_image(samples: dict[str, pd.DataFrame], roots: dict[str, Path], n_prompts: int) -> np.ndarray:
-    """Columns = models, rows = the first ``n_prompts`` test prompts, first seed."""
+def embeddable_image(path: Path, allowed: Path) -> tuple[bytes | None, str]:
+    """The bytes of image ``path`` if the report may show it, else ``(None, reason)``.
+
+    Only images inside ``allowed`` (the study's results folder; symbolic links resolved) are
+    embedded, so a sample table cannot pull other files into the page; an image that scoring
+    tolerated as unreadable gets a placeholder rather than stopping the report.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(allowed.resolve()):
+        return None, f"not shown: outside {allowed}"
+    try:
+        data = resolved.read_bytes()
+        with Image.open(stdio.BytesIO(data)) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return None, f"unreadable: {error}"
+    return data, ""
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    with Image.open(stdio.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _image_or_placeholder(path: Path, allowed: Path, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W, 3]`` uint8: the image (resized to ``shape`` if it differs), or a grey tile."""
+    data, _ = embeddable_image(path, allowed)
+    if data is None:
+        return np.full((*shape, 3), 200, dtype=np.uint8)
+    rgb = _decoded(data)
+    return rgb if rgb.shape[:2] == tuple(shape) else np.asarray(Image.fromarray(rgb).resize(shape[::-1]))
+
+
+def grid_image(
+    samples: dict[str, pd.DataFrame], roots: dict[str, Path], n_prompts: int, allowed: Path
+) -> np.ndarray:
+    """Columns = models, rows = the first ``n_prompts`` test prompts, first seed; a grey cell
+    where an image cannot be shown (:func:`embeddable_image`), of the first shown image's size."""
     models = ["base"] + sorted(m for m in samples if m != "base")
     first = samples[models[0]]
     lines = list(first[first.seed == first.seed.min()].line_id[:n_prompts])
-    columns = []
+    paths = {}
     for model in models:
-        table = samples[model].set_index(["line_id", "seed"])
-        seed = samples[model].seed.min()
-        images = [
-            np.asarray(Image.open(roots[model] / table.loc[(line, seed), "image_path"]).convert("RGB"))
-            for line in lines
-        ]
-        columns.append(image_grid(np.stack(images), 1))
+        table, seed = samples[model].set_index(["line_id", "seed"]), samples[model].seed.min()
+        paths[model] = [roots[model] / table.loc[(line, seed), "image_path"] for line in lines]
+    shape = next(
+        (
+            _decoded(data).shape[:2]
+            for column in paths.values()
+            for p in column
+            if (data := embeddable_image(p, allowed)[0])
+        ),
+        (32, 128),
+    )
+    columns = [
+        image_grid(np.stack([_image_or_placeholder(p, allowed, shape) for p in column]), 1)
+        for column in paths.values()
+    ]
     gap = np.full((columns[0].shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate([c for column in columns for c in (column, gap)][:-1], axis=1)
 
 
 def sample_cells(
-    samples: dict[str, pd.DataFrame], roots: dict[str, Path], rewards: pd.DataFrame, n_prompts: int
+    samples: dict[str, pd.DataFrame],
+    roots: dict[str, Path],
+    rewards: pd.DataFrame,
+    n_prompts: int,
+    allowed: Path,
 ) -> str:
     """HTML grid: a row per test prompt (its text as the row label), a column per model, each
     image with what OCR read in it underneath (first seed)."""
@@ -102,14 +150,18 @@ def sample_cells(
         cells = []
         for model in models:
             path = roots[model] / indexed[model].loc[(prompt_row.line_id, seed), "image_path"]
-            data = base64.b64encode(path.read_bytes()).decode()
+            data, reason = embeddable_image(path, allowed)
             read = readings.get((model, prompt_row.line_id, seed), "")
             read = "—" if read is None or (isinstance(read, float) and np.isnan(read)) else read
             caption = (
                 f"<div class='read'>read: {html.escape(str(read) or '(nothing)')}</div>" if len(ocr) else ""
             )
+            if data is None:
+                cells.append(f"<td><div class='missing'>{html.escape(reason)}</div>{caption}</td>")
+                continue
+            encoded = base64.b64encode(data).decode()
             cells.append(
-                f'<td><img alt="{html.escape(model)}" src="data:image/png;base64,{data}">{caption}</td>'
+                f'<td><img alt="{html.escape(model)}" src="data:image/png;base64,{encoded}">{caption}</td>'
             )
         body.append(f"<tr><th class='prompt'>{html.escape(str(prompt_row.prompt))}</th>{''.join(cells)}</tr>")
     table = f"<table class='samples'><tr><th>prompt</th>{head}</tr>{''.join(body)}</table>"

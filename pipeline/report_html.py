@@ -44,6 +44,7 @@ def render_html(
         "table.samples{border-collapse:collapse;font-size:12px}table.samples td,table.samples th"
         "{padding:4px;border-bottom:1px solid #eee;vertical-align:top}"
         "th.prompt{max-width:260px;font-weight:normal;text-align:left}.read{font-family:monospace}"
+        ".missing{max-width:180px;padding:4px;background:#ddd;color:#700;font-size:12px}"
         ".caption{color:#444;font-size:13px;margin:.2em 0 .6em}"
         ".banner{background:#b00020;color:white;font-weight:bold;padding:.8em 1em;margin:.5em 0;"
         "border-radius:4px}img{max-width:100%}details{margin:1em 0}</style></head><body>",
