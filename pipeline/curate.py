@@ -13,6 +13,7 @@ counting the colours that ``allowed`` prompts already name. Drops are counted by
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import random
 import sys
@@ -93,9 +94,31 @@ def curate(prompts: list[str], line_ids: range, seed: int) -> tuple[pa.Table, di
 
 
 def read_prompts(path: Path) -> list[str]:
+    """The lines of prompt file ``path``: one prompt per ``\\n`` (a ``\\r`` before it dropped).
+
+    Only those end a line, so that line ids match the file's own numbering and the published
+    split's: ``str.splitlines`` would also split at U+2028, NEL, form feed and vertical tab
+    inside a prompt and shift every later id. A UTF-8 byte-order mark at the start is dropped;
+    bytes that are not UTF-8 stop the stage naming the line and the byte offset.
+    """
     if not path.is_file():
         raise SystemExit(f"--source {path}: no such file")
-    return path.read_text(encoding="utf-8").splitlines()
+    data = path.read_bytes()
+    offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    raw_lines = data[offset:].split(b"\n")
+    if raw_lines[-1] == b"":  # the newline that ends the last line
+        raw_lines.pop()
+    prompts = []
+    for line_id, raw in enumerate(raw_lines):
+        try:
+            prompts.append(raw.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise SystemExit(
+                f"--source {path}: line {line_id} (0-based) is not UTF-8: {error.reason} at byte "
+                f"{offset + error.start} of the file"
+            ) from None
+        offset += len(raw) + 1
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> int:

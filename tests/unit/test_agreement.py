@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipeline.agreement import compare, f1_score
-from pipeline.curate import curate
+from pipeline.curate import curate, read_prompts
 
 
 def test_f1_by_hand():
@@ -44,7 +44,7 @@ def test_compare_by_hand():
 def test_rules_agree_with_published_split(shared_data):
     """Acceptance: our rules on lines 0-554 of Flow-GRPO's OCR test prompts vs the published
     OCR-Color-10 test split (targets from the issue: 0.55, 0.75, 0.90)."""
-    prompts = (shared_data / "flow_grpo_ocr_test.txt").read_text(encoding="utf-8").splitlines()
+    prompts = read_prompts(shared_data / "flow_grpo_ocr_test.txt")
     table, _ = curate(prompts, range(555), seed=0)
     published = pd.read_csv(shared_data / "ocr_color_10_test.csv")
     result = compare(table.to_pandas(), published, range(555))
@@ -55,3 +55,22 @@ def test_rules_agree_with_published_split(shared_data):
     assert result.drop_f1 >= 0.55
     assert result.allowed_f1 >= 0.75
     assert result.color_agreement >= 0.90
+
+
+def test_a_line_separator_inside_a_prompt_shifts_no_line_id(shared_data, tmp_path):
+    """U+2028 inside one prompt of Flow-GRPO's file: it stays one line, so every other line keeps
+    its id and its curation, and the comparison with the published split still lines up."""
+    original = (shared_data / "flow_grpo_ocr_test.txt").read_bytes().split(b"\n")
+    edited = list(original)
+    edited[10] = edited[10].replace(b" ", "\u2028".encode(), 1)
+    source = tmp_path / "prompts.txt"
+    source.write_bytes(b"\n".join(edited))
+    prompts = read_prompts(source)
+    assert len(prompts) == len(read_prompts(shared_data / "flow_grpo_ocr_test.txt"))
+    ours = curate(prompts, range(555), seed=0)[0].to_pandas().set_index("line_id")
+    reference = curate(read_prompts(shared_data / "flow_grpo_ocr_test.txt"), range(555), seed=0)[0]
+    reference = reference.to_pandas().set_index("line_id")
+    others = [i for i in reference.index if i != 10]
+    assert ours.loc[[i for i in others if i in ours.index], "source"].equals(reference.loc[others, "source"])
+    published = pd.read_csv(shared_data / "ocr_color_10_test.csv")
+    assert compare(ours.reset_index(), published, range(555)).drop_f1 >= 0.55

@@ -112,3 +112,22 @@ def test_cli_line_range(tmp_path):
 def test_cli_missing_source_names_the_file(tmp_path):
     with pytest.raises(SystemExit, match="no_such.txt"):
         curate.main(["--source", str(tmp_path / "no_such.txt"), "--out", str(tmp_path / "x.parquet")])
+
+
+def test_lines_end_at_newlines_only(tmp_path):
+    """16 prompts holding U+2028, NEL, form feed and vertical tab stay 16 line ids (splitlines
+    made 20 of them, shifting every later id); CRLF ends a line too; a BOM is dropped."""
+    separators = ["\u2028", "\u0085", "\x0c", "\x0b"]
+    prompts = [f'A sign "W{i}"{separators[i % 4] if i % 3 == 0 else ""} in red' for i in range(16)]
+    source = tmp_path / "prompts.txt"
+    source.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(prompts).encode() + b"\r\n")
+    assert curate.read_prompts(source) == prompts
+
+
+def test_invalid_utf8_names_the_line_and_byte(tmp_path):
+    source = tmp_path / "prompts.txt"
+    source.write_bytes(b'A sign "OK"\nA sign "B\xffD"\n')  # 12 bytes, then 9 before the bad one
+    with pytest.raises(
+        SystemExit, match=r"prompts.txt: line 1 \(0-based\) is not UTF-8: .* at byte 21 of the file"
+    ):
+        curate.read_prompts(source)
