@@ -607,7 +607,18 @@ def input_dirs(cfg: StudyConfig) -> dict[str, str]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a mapping with the same key twice."""
+    """A safe YAML loader that refuses a mapping with the same key twice, and aliases: a config
+    has no use for them, and a few hundred bytes of nested aliases expand to a billion nodes
+    for any code that walks the result (the "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"{event.start_mark.name}, line {event.start_mark.line + 1}: YAML alias *{event.anchor}: "
+                "aliases are not allowed in a config; write the value out"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = {}

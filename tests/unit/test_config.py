@@ -328,3 +328,32 @@ def test_command_line_strings_are_read_as_the_schema_types():
     assert out["model"]["path"] is None
     assert out["evaluation"]["seeds"] == [0, 1]
     assert out["methods"]["flow_grpo"] == {"roots": 8, "branch_steps": [1]}
+
+
+def test_yaml_aliases_are_refused_before_anything_walks_them(tmp_path):
+    """A 9-level alias bomb (9^9 nodes if expanded) is refused at once, naming file and line."""
+    lines = ['a0: ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    lines[0] = lines[0].replace("a0:", "a0: &a0")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        config.ConfigError, match=r"bomb.yaml, line 2: YAML alias \*a0: aliases are not allowed"
+    ):
+        config.read_yaml(bomb)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.config", str(bomb)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "aliases are not allowed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("study", "tiny\n"), ("dataset.name", "data\n"), ("methods", {"m\n": {}})]
+)
+def test_names_with_a_trailing_newline_are_refused(key, value):
+    with pytest.raises(config.ConfigError, match="does not match"):
+        config.load(_set(default_raw(), key, value))
