@@ -48,7 +48,9 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 def load_image(path: str | Path) -> np.ndarray:
     """RGB uint8 array ``[H, W, 3]`` of an image file (:func:`pil_to_rgb`); a missing file is
-    FileNotFoundError, a corrupt, truncated or empty one ValueError, each naming the file."""
+    FileNotFoundError, a corrupt, truncated or empty one ValueError, each naming the file. So is
+    a decompression bomb: more pixels than PIL's limit (``Image.MAX_IMAGE_PIXELS``) is refused
+    before decoding, whatever the file's size."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
@@ -56,7 +58,7 @@ def load_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             return pil_to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"image file {path} cannot be read: {error}") from error
 
 

@@ -123,3 +123,17 @@ def test_unknown_reward_fails_listing_names(samples, tmp_path):
         score.main(
             ["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr,beauty"]
         )
+
+
+def test_a_decompression_bomb_is_an_unreadable_image(samples, tmp_path, monkeypatch, capsys):
+    """More pixels than twice PIL's limit is DecompressionBombError, which scoring crashed on.
+    The limit is lowered so that a 200 x 200 image stands for a bomb; the 32 x 128 ones pass."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15_000)
+    Image.new("RGB", (200, 200), "white").save(tmp_path / "img_5.png")
+    out = tmp_path / "r.parquet"
+    assert (
+        score.main(["--samples", str(samples), "--out", str(out), "--rewards", "ocr", "--workers", "1"]) == 0
+    )
+    assert "1 of 12 images unreadable" in capsys.readouterr().out
+    table = pd.read_parquet(out).set_index("sample_id")
+    assert table.loc[5, "reason"].startswith("unreadable:") and "decompression bomb" in table.loc[5, "reason"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -243,7 +244,14 @@ def test_a_checkpoint_without_the_trained_weights_never_resumes(tmp_path, train_
     the job stops naming the file."""
     tiny_mini_dir(tmp_path / "mini")
     jsons = train_jsons(iterations=2, checkpoint_every=1, probe_prompts=0)
-    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
+    umask = os.umask(0o022)
+    try:
+        assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
+    finally:
+        os.umask(umask)
+    # The outputs follow the umask (safetensors' save_file alone leaves its files 0600).
+    written = [tmp_path / "out" / "weights.safetensors", *(tmp_path / "out" / "snapshots").iterdir()]
+    assert len(written) == 3 and {stat.S_IMODE(path.stat().st_mode) for path in written} == {0o644}
     checkpoint = tmp_path / "out" / "checkpoint"
     save_file({}, checkpoint / "weights.safetensors")
     if not records_names:
