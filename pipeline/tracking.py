@@ -7,13 +7,17 @@ of the stage's config slice, and its id is written next to the stage's outputs
 (``--run-id-file``).
 
 Several jobs may log to one sqlite database at once. The experiment is created once by the
-``mlflow_init`` rule before any of them starts (creating tables concurrently races), and
-every write goes through :func:`_retry`, which backs off while sqlite reports a lock.
+``mlflow_init`` rule before any of them starts, under a file lock beside the database (two
+studies starting at once on a new database would otherwise race to create its tables), and
+every write goes through :func:`_retry`, which backs off while sqlite reports a lock. A
+database that is not an MLflow one, or stays locked past the retries, stops the stage naming
+the file and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -35,16 +39,45 @@ RESUME_RUN_FILE = "mlflow_resume_run_id.txt"
 RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
+class DatabaseLocked(RuntimeError):
+    """The tracking database stayed locked through every retry."""
+
+
+def _is_lock(error: Exception) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
 def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered back-off while the database is locked."""
-    for delay in RETRY_DELAYS_S:
+    """Call ``fn``, retrying with jittered back-off while the database is locked; still locked
+    after the last retry is :class:`DatabaseLocked`."""
+    waited = 0.0
+    for delay in (*RETRY_DELAYS_S, None):
         try:
             return fn(*args, **kwargs)
         except Exception as error:  # MLflow wraps sqlalchemy's OperationalError variously
-            if "locked" not in str(error).lower() and "busy" not in str(error).lower():
+            if not _is_lock(error):
                 raise
-            time.sleep(delay * (1 + random.random()))
-    return fn(*args, **kwargs)
+            if delay is None:
+                first = str(error).strip().splitlines()[0][:200]
+                raise DatabaseLocked(f"still locked after {waited:.0f} s of retries ({first})") from None
+            pause = delay * (1 + random.random())
+            time.sleep(pause)
+            waited += pause
+    raise AssertionError("unreachable")
+
+
+def database_problem(tracking_uri: str, problem: str) -> SystemExit:
+    """A stage-stopping error naming the tracking database and what to do about ``problem``."""
+    path = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else tracking_uri
+    remedy = (
+        "another process holds it (a stuck job, an `mlflow ui` writing to it): wait for it or stop it, "
+        f"then rerun (fuser {path} lists the holders)"
+        if "locked" in problem
+        else f"move {path} aside (it holds every run's records) or set mlflow.tracking_uri to another file, "
+        "then rerun"
+    )
+    return SystemExit(f"MLflow database {path}: {problem}; {remedy}")
 
 
 def git_commit() -> str:
@@ -63,23 +96,55 @@ def git_commit() -> str:
 
 def _client(tracking_uri: str):
     """An MlflowClient; creating one opens (and may migrate) the database, so it is retried
-    like every write while another job holds the sqlite lock."""
+    like every write while another job holds the sqlite lock. A file that is not an MLflow
+    database stops the stage naming it."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     from mlflow.tracking import MlflowClient  # slow import: only when tracking is on
 
-    return _retry(MlflowClient, tracking_uri=tracking_uri)
+    try:
+        client = _retry(MlflowClient, tracking_uri=tracking_uri)
+        _retry(client.search_experiments, max_results=1)  # the schema is only read on first use
+    except DatabaseLocked as error:
+        raise database_problem(tracking_uri, str(error)) from None
+    except Exception as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise database_problem(tracking_uri, f"cannot be opened as an MLflow database ({first})") from None
+    return client
+
+
+@contextmanager
+def _creation_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<database>.lock`` while the schema and experiment are created
+    (sqlite only): concurrent creation of a new database's tables fails in alembic."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
     """Create the database and the experiment if needed; return the experiment id."""
-    client = _client(tracking_uri)
-    existing = _retry(client.get_experiment_by_name, name)
-    if existing is not None:
-        return existing.experiment_id
-    location = Path(artifact_root).resolve().as_uri()
-    # Tagged as model training so that the UI opens on the runs table, not the GenAI view.
-    tags = {"mlflow.experimentKind": "custom_model_development"}
-    return _retry(client.create_experiment, name, artifact_location=location, tags=tags)
+    with _creation_lock(tracking_uri):
+        client = _client(tracking_uri)
+        try:
+            existing = _retry(client.get_experiment_by_name, name)
+            if existing is not None:
+                return existing.experiment_id
+            location = Path(artifact_root).resolve().as_uri()
+            # Tagged as model training so that the UI opens on the runs table, not the GenAI view.
+            tags = {"mlflow.experimentKind": "custom_model_development"}
+            return _retry(client.create_experiment, name, artifact_location=location, tags=tags)
+        except DatabaseLocked as error:
+            raise database_problem(tracking_uri, str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +236,16 @@ def stage_run(
             f"--mlflow-record {args.mlflow_record}: no such file; run pipeline.mlflow_init first"
         )
     record = json.loads(args.mlflow_record.read_text(encoding="utf-8"))
+    try:
+        with _tracked(args, stage_config, resume_file, record) as handle:
+            yield handle
+    except DatabaseLocked as error:
+        raise database_problem(record["tracking_uri"], str(error)) from None
+
+
+@contextmanager
+def _tracked(args: argparse.Namespace, stage_config: dict, resume_file: Path | None, record: dict):
+    """:func:`stage_run` once tracking is on (``record``: the mlflow_init record)."""
     client = _client(record["tracking_uri"])
     experiment = _retry(client.get_experiment_by_name, record["experiment"])
     if experiment is None:
@@ -204,6 +279,7 @@ def stage_run(
             handle.log_params(flatten(stage_config))
         yield handle
     except BaseException:
-        _retry(client.set_terminated, handle.run_id, "FAILED")
+        with contextlib.suppress(DatabaseLocked):  # the stage's own error matters more
+            _retry(client.set_terminated, handle.run_id, "FAILED")
         raise
     _retry(client.set_terminated, handle.run_id, "FINISHED")
