@@ -5,6 +5,8 @@
 #   make report   - pack the study's annotated outputs into results/report.zip
 #   make test     - set up and run the test suite
 #   make ui       - serve the MLflow UI on http://127.0.0.1:5000 and print the runs' address
+#   make ui-stop  - stop a UI server left by a `make ui` wrapper killed with SIGKILL (it stops
+#                   its server itself on Ctrl-C, SIGTERM, SIGHUP and when make dies)
 #   make follow   - every 15 s, the last line (progress, rate, ETA) of each job log written in
 #                   the last minute: the jobs running now
 PYTHON ?= python3
@@ -18,7 +20,7 @@ UI_PORT ?= 5000
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup study dry-run report test lint ui follow clean
+.PHONY: setup study dry-run report test lint ui ui-stop follow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,9 @@ lint: setup
 
 ui: setup
 	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
+
+ui-stop: setup
+	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --stop
 
 follow:
 	@while true; do \
