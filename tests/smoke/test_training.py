@@ -193,7 +193,7 @@ def test_infinite_gradient_with_finite_loss_stops_before_the_step(tmp_path, trai
     assert not (tmp_path / "out" / "weights.safetensors").exists()
     policy = load_policy("mini", tmp_path / "mini", device="cpu")
     optimizer = torch.optim.AdamW(policy.trainable_parameters())
-    weights, state = load_checkpoint(tmp_path / "out" / "checkpoint", optimizer)
+    weights, state = load_checkpoint(tmp_path / "out" / "checkpoint", optimizer, counter="iteration")
     assert state["iteration"] == 1
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -208,7 +208,7 @@ def test_checkpoint_refuses_non_finite_weights_and_keeps_the_previous(tmp_path):
         save_checkpoint(
             tmp_path / "ckpt", {"w": torch.tensor([1.0, float("inf"), 0.0])}, optimizer, {"iteration": 2}
         )
-    restored, state = load_checkpoint(tmp_path / "ckpt", optimizer)
+    restored, state = load_checkpoint(tmp_path / "ckpt", optimizer, counter="iteration")
     assert state["iteration"] == 1 and torch.equal(restored["w"], torch.ones(3))
 
 
