@@ -209,7 +209,7 @@ def _pretrain(
 ) -> int:
     model = build_model(mini_cfg, cfg.seed)
     resume_file = args.out_dir / tracking.RESUME_RUN_FILE
-    with tracking.stage_run(args, raw | {"runtime": runtime}, resume_file=resume_file) as run:
+    with tracking.stage_run(args, raw, resume_file=resume_file, runtime=runtime) as run:
         # The checkpoint belongs to what decides the weights, config and code: after a changed
         # time guard it resumes, after a code edit it starts afresh.
         stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.pretrain")})

@@ -218,9 +218,13 @@ def _resumable_run(client, resume_file: Path | None, experiment_id: str, tags: d
 
 @contextmanager
 def stage_run(
-    args: argparse.Namespace, stage_config: dict, resume_file: Path | None = None
+    args: argparse.Namespace, stage_config: dict, resume_file: Path | None = None, runtime: dict | None = None
 ) -> Iterator[StageRun]:
     """One MLflow run around a stage's work, from the flags of :func:`add_arguments`.
+
+    ``stage_config`` is logged as params and hashed into the ``config_hash`` tag; ``runtime``
+    (time guards, workers: pipeline.stage_params) is logged under ``runtime.`` but not hashed,
+    so that a run resumed after a changed time guard continues its MLflow run.
 
     The run ends ``FINISHED`` on success and ``FAILED`` on an exception (which propagates),
     the run-id file's write included. With ``resume_file`` (kept beside a resumable stage's
@@ -237,14 +241,16 @@ def stage_run(
         )
     record = json.loads(args.mlflow_record.read_text(encoding="utf-8"))
     try:
-        with _tracked(args, stage_config, resume_file, record) as handle:
+        with _tracked(args, stage_config, resume_file, record, runtime or {}) as handle:
             yield handle
     except DatabaseLocked as error:
         raise database_problem(record["tracking_uri"], str(error)) from None
 
 
 @contextmanager
-def _tracked(args: argparse.Namespace, stage_config: dict, resume_file: Path | None, record: dict):
+def _tracked(
+    args: argparse.Namespace, stage_config: dict, resume_file: Path | None, record: dict, runtime: dict
+):
     """:func:`stage_run` once tracking is on (``record``: the mlflow_init record)."""
     client = _client(record["tracking_uri"])
     experiment = _retry(client.get_experiment_by_name, record["experiment"])
@@ -276,7 +282,7 @@ def _tracked(args: argparse.Namespace, stage_config: dict, resume_file: Path | N
         if args.run_id_file is not None:
             io.write_text(args.run_id_file, handle.run_id + "\n")
         if resumed is None:
-            handle.log_params(flatten(stage_config))
+            handle.log_params(flatten(stage_config | ({"runtime": runtime} if runtime else {})))
         yield handle
     except BaseException:
         with contextlib.suppress(DatabaseLocked):  # the stage's own error matters more

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             policy.module.to(memory_format=torch.channels_last)
         tracked = (
             tracking.stage_run(
-                args, raw | {"runtime": runtime}, resume_file=args.out_dir / tracking.RESUME_RUN_FILE
+                args, raw, resume_file=args.out_dir / tracking.RESUME_RUN_FILE, runtime=runtime
             )
             if ranks.is_main
             else contextlib.nullcontext(tracking.StageRun())
