@@ -92,7 +92,7 @@ def test_ui_stop_ends_a_server_whose_wrapper_was_killed(database):
     try:
         wrapper.send_signal(signal.SIGKILL)  # nothing can clean up after this
         wrapper.wait()
-        assert _group_alive(pgid) and _serving(port)
+        assert _group_alive(pgid) and _wait(lambda: _serving(port), 30)  # a loaded machine answers late
         command = [sys.executable, "-m", "pipeline.mlflow_ui", "--db", str(database), "--stop"]
         stopped = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert f"stopped MLflow UI process group {pgid}" in stopped.stdout
