@@ -85,18 +85,20 @@ def embeddable_image(path: Path, allowed: Path) -> tuple[bytes | None, str]:
     return data, ""
 
 
-def _decoded(data: bytes) -> np.ndarray:
+def _decoded(data: bytes | None) -> np.ndarray | None:
+    if data is None:
+        return None
     with Image.open(stdio.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
 
 
-def _image_or_placeholder(path: Path, allowed: Path, shape: tuple[int, int]) -> np.ndarray:
-    """``[H, W, 3]`` uint8: the image (resized to ``shape`` if it differs), or a grey tile."""
-    data, _ = embeddable_image(path, allowed)
-    if data is None:
+def _fit(image: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W, 3]`` uint8 of ``shape``: the image (resized if it differs), or a grey tile."""
+    if image is None:
         return np.full((*shape, 3), 200, dtype=np.uint8)
-    rgb = _decoded(data)
-    return rgb if rgb.shape[:2] == tuple(shape) else np.asarray(Image.fromarray(rgb).resize(shape[::-1]))
+    return (
+        image if image.shape[:2] == tuple(shape) else np.asarray(Image.fromarray(image).resize(shape[::-1]))
+    )
 
 
 def grid_image(
@@ -107,22 +109,15 @@ def grid_image(
     models = ["base"] + sorted(m for m in samples if m != "base")
     first = samples[models[0]]
     lines = list(first[first.seed == first.seed.min()].line_id[:n_prompts])
-    paths = {}
+    images = {}
     for model in models:
         table, seed = samples[model].set_index(["line_id", "seed"]), samples[model].seed.min()
-        paths[model] = [roots[model] / table.loc[(line, seed), "image_path"] for line in lines]
-    shape = next(
-        (
-            _decoded(data).shape[:2]
-            for column in paths.values()
-            for p in column
-            if (data := embeddable_image(p, allowed)[0])
-        ),
-        (32, 128),
-    )
+        paths = [roots[model] / table.loc[(line, seed), "image_path"] for line in lines]
+        images[model] = [_decoded(embeddable_image(path, allowed)[0]) for path in paths]
+    shown = [image for column in images.values() for image in column if image is not None]
+    shape = shown[0].shape[:2] if shown else (32, 128)
     columns = [
-        image_grid(np.stack([_image_or_placeholder(p, allowed, shape) for p in column]), 1)
-        for column in paths.values()
+        image_grid(np.stack([_fit(image, shape) for image in column]), 1) for column in images.values()
     ]
     gap = np.full((columns[0].shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate([c for column in columns for c in (column, gap)][:-1], axis=1)

@@ -20,6 +20,13 @@ RUNTIME = ["--runtime-json", json.dumps({"max_minutes": 5.0, "on_time_limit": "f
 PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
 
 
+def write_split(path):
+    """A train split of :data:`PROMPTS` at ``path``."""
+    rows = [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
 def test_loss_falls_and_checkpoint_reloads(tmp_path):
     split = tmp_path / "train.parquet"
     pd.DataFrame(
@@ -61,10 +68,7 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
 def test_moving_average_is_saved_and_checkpointed(tmp_path):
     """With ``ema_decay`` the saved model holds the averaged weights, which the checkpoint
     keeps beside the raw ones (``ema.<parameter index>``) so that a resumed run continues the average."""
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     config = {
         "pretrain": {"steps": 6, "batch_size": 4, "checkpoint_every": 6, "warmup_steps": 1, "ema_decay": 0.5},
         "mini": TINY_MINI,
@@ -89,10 +93,7 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
 def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
     """A leftover checkpoint of another architecture (here without templates) is not
     restored, not even into the optimizer, and training starts again from step 0."""
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     out = tmp_path / "base"
     for mini in (TINY_MINI, TINY_MINI | {"template_channels": 2}):
         config = {"pretrain": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, "mini": mini}
@@ -105,10 +106,7 @@ def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
 def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(tmp_path, monkeypatch):
     """A finite loss with an infinite gradient at the last pretraining step: the job fails
     naming the step, the model is not written, and the kept checkpoint is finite and loads."""
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     real = pretrain.flow_matching_loss
     calls = {"n": 0}
 
@@ -173,10 +171,7 @@ def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) ->
 
 
 def test_pretraining_is_bit_reproducible_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     threads = torch.get_num_threads()
     try:
         first = _pretrain_bytes(split, tmp_path / "a")
@@ -189,10 +184,7 @@ def test_pretraining_is_bit_reproducible_and_a_resumed_run_equals_an_uninterrupt
 
 @pytest.mark.parametrize("action", ["fail", "stop"])
 def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatch, action):
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     out = tmp_path / "base"
     config = {"pretrain": {"steps": 6, "batch_size": 2, "checkpoint_every": 6}, "mini": TINY_MINI}
     guard = ["--runtime-json", json.dumps({"on_time_limit": action, "max_minutes": 2.0})]
@@ -214,10 +206,7 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
 def test_a_code_edit_retrains_instead_of_resuming_the_finished_checkpoint(tmp_path, monkeypatch, capsys):
     """The workflow reruns pretraining after an edit of its code; the old code's finished
     checkpoint must not stand in for the new code's model."""
-    split = tmp_path / "train.parquet"
-    pd.DataFrame(
-        [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
-    ).to_parquet(split)
+    split = write_split(tmp_path / "train.parquet")
     config = {"pretrain": {"steps": 4, "batch_size": 2, "checkpoint_every": 2}, "mini": TINY_MINI}
     args = [
         "--train",
