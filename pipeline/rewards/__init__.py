@@ -51,11 +51,7 @@ def build_rewards(
         device: torch device for model-based rewards.
         ocr_threads: onnxruntime threads of the shared OCR engine (0 = default).
     """
-    unknown = [n for n in names if n not in REWARDS]
-    if unknown:
-        raise ValueError(
-            f"unknown reward(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARDS)}"
-        )
+    check_names(names)
     settings = settings or {}
     shared: list[OcrEngine] = []
 

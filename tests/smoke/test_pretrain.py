@@ -20,6 +20,20 @@ RUNTIME = ["--runtime-json", json.dumps({"max_minutes": 5.0, "on_time_limit": "f
 PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
 
 
+def pretrain_args(split, config: dict, out, *extra: str, runtime: list[str] = RUNTIME) -> list[str]:
+    """``pipeline.pretrain``'s arguments for ``config`` (its JSON), the run-time guard and ``extra``."""
+    return [
+        "--train",
+        str(split),
+        "--config-json",
+        json.dumps(config),
+        *runtime,
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
+
+
 def write_split(path):
     """A train split of :data:`PROMPTS` at ``path``."""
     rows = [{"prompt": f'The color of the text "{w}" is {c}.', "text": w, "color": c} for w, c in PROMPTS]
@@ -40,12 +54,7 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    assert (
-        pretrain.main(
-            ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
-        )
-        == 0
-    )
+    assert pretrain.main(pretrain_args(split, config, out)) == 0
     losses = pd.read_parquet(out / "metrics.parquet")["loss"]
     assert losses.iloc[-1] < 0.7 * losses.iloc[0]
 
@@ -74,12 +83,7 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    assert (
-        pretrain.main(
-            ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
-        )
-        == 0
-    )
+    assert pretrain.main(pretrain_args(split, config, out)) == 0
     saved = load_mini(out / "model").state_dict()
     model = pretrain.build_model(pretrain.MiniModelConfig(**TINY_MINI), 0)
     weights, _ = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
@@ -97,7 +101,7 @@ def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
     out = tmp_path / "base"
     for mini in (TINY_MINI, TINY_MINI | {"template_channels": 2}):
         config = {"pretrain": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, "mini": mini}
-        args = ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
+        args = pretrain_args(split, config, out)
         assert pretrain.main(args) == 0
     assert json.loads((out / "train_info.json").read_text())["model_config"]["template_channels"] == 2
     assert pd.read_parquet(out / "metrics.parquet")["step"].tolist() == [0, 1]
@@ -124,7 +128,7 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    args = ["--train", str(split), "--config-json", json.dumps(config), *RUNTIME, "--out-dir", str(out)]
+    args = pretrain_args(split, config, out)
     with pytest.raises(FloatingPointError, match=r"gradient norm is (inf|nan) at step 5"):
         pretrain.main(args)
     assert not (out / "model" / "model.safetensors").exists()
@@ -142,17 +146,7 @@ def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) ->
         "pretrain": {"steps": 10, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 2},
         "mini": TINY_MINI,
     }
-    args = [
-        "--train",
-        str(split),
-        "--config-json",
-        json.dumps(config),
-        *RUNTIME,
-        "--out-dir",
-        str(out),
-        "--threads",
-        "1",
-    ]
+    args = pretrain_args(split, config, out, "--threads", "1")
     if stop_at is not None:
         real, calls = pretrain.flow_matching_loss, {"n": 0}
 
@@ -188,7 +182,7 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
     out = tmp_path / "base"
     config = {"pretrain": {"steps": 6, "batch_size": 2, "checkpoint_every": 6}, "mini": TINY_MINI}
     guard = ["--runtime-json", json.dumps({"on_time_limit": action, "max_minutes": 2.0})]
-    args = ["--train", str(split), "--config-json", json.dumps(config), *guard, "--out-dir", str(out)]
+    args = pretrain_args(split, config, out, runtime=guard)
     monkeypatch.setattr(pretrain, "TimeGuard", guard_tripping_after(3))
     if action == "fail":
         with pytest.raises(SystemExit, match=r"pretrain.max_minutes = 2 min: 3 of 6 steps done"):
@@ -208,15 +202,7 @@ def test_a_code_edit_retrains_instead_of_resuming_the_finished_checkpoint(tmp_pa
     checkpoint must not stand in for the new code's model."""
     split = write_split(tmp_path / "train.parquet")
     config = {"pretrain": {"steps": 4, "batch_size": 2, "checkpoint_every": 2}, "mini": TINY_MINI}
-    args = [
-        "--train",
-        str(split),
-        "--config-json",
-        json.dumps(config),
-        *RUNTIME,
-        "--out-dir",
-        str(tmp_path / "b"),
-    ]
+    args = pretrain_args(split, config, tmp_path / "b")
     assert pretrain.main(args) == 0
     assert pretrain.main(args) == 0  # same code: resumes at the end, trains nothing
     assert "resuming from step 4" in capsys.readouterr().out
