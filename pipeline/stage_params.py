@@ -34,6 +34,19 @@ def _without(section, keys) -> dict:
     return {k: v for k, v in dataclasses.asdict(section).items() if k not in keys}
 
 
+def mlflow_init_params(cfg: StudyConfig) -> dict:
+    return dataclasses.asdict(cfg.mlflow)
+
+
+def generate_prompts_params(cfg: StudyConfig) -> dict:
+    return dataclasses.asdict(cfg.dataset.source.generator)
+
+
+def curate_params(cfg: StudyConfig) -> dict:
+    """Curation of prompt files or captions (one rule or the other)."""
+    return dataclasses.asdict(cfg.dataset.curation)
+
+
 def model_params(cfg: StudyConfig) -> dict:
     """The model keys a sampling or training stage reads: the backend and, for the diffusers
     backends, what ``load_policy`` takes (the mini model's own sizes live in its folder)."""

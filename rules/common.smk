@@ -47,14 +47,6 @@ def stage_sources(stage):
     return study_sources.stage_sources(f"pipeline.{stage}")
 
 
-def stage_params(*path):
-    """Canonical JSON of the config slice at ``path`` (params trigger: a changed key reruns)."""
-    node = CFG
-    for key in path:
-        node = getattr(node, key)
-    return study_config.canonical_json(node)
-
-
 def config_json(stage):
     """Canonical JSON of what ``stage`` reads (``pipeline.stage_params.<stage>_params``)."""
     return study_config.canonical_json(getattr(stage_json, f"{stage}_params")(CFG))

@@ -14,7 +14,7 @@ rule generate_prompts:
     conda:
         "../envs/pipeline.yaml"
     params:
-        cfg=stage_params("dataset", "source", "generator"),
+        cfg=config_json("generate_prompts"),
     shell:
         "python -u -m pipeline.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
         "--train {output.train:q} --test {output.test:q} --vocab {output.vocab:q} "
@@ -39,7 +39,7 @@ if CFG.dataset.source.kind == "captions":
         conda:
             "../envs/pipeline.yaml"
         params:
-            cfg=stage_params("dataset", "curation"),
+            cfg=config_json("curate"),
             min_words=CFG.dataset.curation.min_words,
             lines=line_range_flag,
             wildcards=wildcards_json,
@@ -66,7 +66,7 @@ else:
         conda:
             "../envs/pipeline.yaml"
         params:
-            cfg=stage_params("dataset", "curation"),
+            cfg=config_json("curate"),
             seed=CFG.dataset.curation.seed,
             lines=line_range_flag,
             wildcards=wildcards_json,

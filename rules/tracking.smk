@@ -9,7 +9,7 @@ rule mlflow_init:
     conda:
         "../envs/pipeline.yaml"
     params:
-        cfg=stage_params("mlflow"),
+        cfg=config_json("mlflow_init"),
         uri=CFG.mlflow.tracking_uri,
         experiment=CFG.mlflow.experiment,
         artifact_root=CFG.mlflow.artifact_root,

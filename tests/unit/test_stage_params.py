@@ -22,6 +22,9 @@ def _with(cfg, section: str, **changes) -> config.StudyConfig:
 
 def _every_stage(cfg) -> dict:
     return {
+        "mlflow_init": stage_params.mlflow_init_params(cfg),
+        "generate_prompts": stage_params.generate_prompts_params(cfg),
+        "curate": stage_params.curate_params(cfg),
         "pretrain": stage_params.pretrain_params(cfg),
         "card": stage_params.card_params(cfg),
         "score": stage_params.score_params(cfg),
