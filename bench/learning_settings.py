@@ -1,26 +1,31 @@
 """Which training settings learn? Train methods from the study's base model and print trends.
 
     .venv/bin/python bench/learning_settings.py --label large --methods flow_grpo,multi_grpo \
-        --set train.iterations=7 --set train.guidance=1 [--parallel] [--config config.yaml]
+        --set train.iterations=7 --set train.guidance=1 [--seeds 0,1,2] [--parallel] [--evaluate]
 
 Each method runs ``python -m pipeline.train`` exactly as the workflow's train rule does
 (the config's ``train``, ``sampling``, ``rewards`` and ``model`` slices, after the ``--set``
 overrides, dotted keys with YAML values), on the base model the study already pretrained
-(``results/<study>/base_model``), writing to ``results/bench/learning/<label>/<method>``.
+(``results/<study>/base_model``, or ``--base-model``), once per training seed in ``--seeds``
+(default ``train.seed``), writing to ``results/bench/learning/<label>/<method>/seed<N>``.
 Then it prints, per method, the iterations and median seconds per iteration, the change of
 a line fitted to the rollouts' per-iteration mean rewards over the run with its standard
 error (the report's trend), and the fixed probe batch's rewards before and after training.
-``--parallel`` trains the methods at once, the threads split between them. ``--evaluate``
-then samples the test split with every trained method and the base model exactly as the
-study's ``sample_eval`` and ``score`` stages do (the base model's once per pretraining and
-evaluation config, kept in ``results/bench/learning/base-<hash>``) and prints each method's
-test gain over the base model, paired per prompt (mean ± standard error), for the mixed
-reward and each reward.
+``--parallel`` trains the runs at once, the threads split between them. ``--evaluate``
+then samples the test split with every trained run and the base model exactly as the
+study's ``sample_eval`` and ``score`` stages do (the base model's once per base model and
+evaluation config, kept in ``results/bench/learning/base-<hash>``) and prints each run's
+test gain over the base model, paired per prompt (mean ± standard error over prompts), for
+the mixed reward and each reward; then per method, across the seeds, the report's outcome
+measures (z per reward in units of the base model card's within-group spreads, the balanced
+gain B and the worst reward W: mean ± standard error across seeds, and B's mean in units of
+that standard error, the acceptance scale of issue #24).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +36,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config, stage_params  # noqa: E402
+from pipeline.analysis import standardised_gains  # noqa: E402
+from pipeline.report import outcome_spreads  # noqa: E402
 from pipeline.report_tables import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
 
 REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "quality": "quality_mean"}
@@ -50,11 +57,11 @@ def overridden(raw: dict, assignments: list[str]) -> dict:
     return raw
 
 
-def train_flags(cfg: config.StudyConfig, method: str) -> list[str]:
-    """The train rule's ``--config-json`` and ``--runtime-json`` for ``method`` (seed train.seed)."""
+def train_flags(cfg: config.StudyConfig, method: str, seed: int) -> list[str]:
+    """The train rule's ``--config-json`` and ``--runtime-json`` for ``method`` at ``seed``."""
     return [
         "--config-json",
-        config.canonical_json(stage_params.train_params(cfg, method, cfg.train.seed)),
+        config.canonical_json(stage_params.train_params(cfg, method, seed)),
         "--runtime-json",
         config.canonical_json(stage_params.train_runtime(cfg)),
     ]
@@ -77,12 +84,15 @@ def summary(method: str, out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path | None, out_dir: Path) -> Path:
-    """The study's sample_eval then score stages for one model; returns its rewards table."""
+def evaluate(
+    cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path | None, out_dir: Path, seed: int = 0
+) -> Path:
+    """The study's sample_eval then score stages for one model (a run of training seed ``seed``
+    when ``weights`` are given); returns its rewards table."""
     rewards = out_dir / "rewards.parquet"
     if rewards.is_file():
         return rewards
-    stage = config.canonical_json(stage_params.eval_params(cfg, cfg.train.seed if weights else None))
+    stage = config.canonical_json(stage_params.eval_params(cfg, seed if weights else None))
     test = f"datasets/{cfg.dataset.name}/test.parquet"
     command = [sys.executable, "-m", "pipeline.sample_eval", "--model", name, "--base-model", str(base_dir)]
     command += ["--weights", str(weights)] if weights else []
@@ -101,10 +111,9 @@ def evaluate(cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path |
     return rewards
 
 
-def paired_gains(cfg: config.StudyConfig, tables: dict[str, Path]) -> str:
-    """Each trained method's paired test gain over ``base`` for the mixed reward and each reward."""
-    rewards = pd.concat([pd.read_parquet(path).assign(model=model) for model, path in tables.items()])
-    paired = paired_table(per_image_table(rewards, dict(cfg.train.reward_weights)))
+def paired_gains(cfg: config.StudyConfig, images: pd.DataFrame) -> str:
+    """Each trained run's paired test gain over ``base`` for the mixed reward and each reward."""
+    paired = paired_table(images)
     lines = []
     for _, row in paired.iterrows():
         cells = [
@@ -118,62 +127,91 @@ def paired_gains(cfg: config.StudyConfig, tables: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def across_seeds(cfg: config.StudyConfig, images: pd.DataFrame, card: dict | None) -> str:
+    """Per method: z per reward, B and W, mean ± standard error across its training seeds."""
+    spreads, spread_text = outcome_spreads(card, images, list(cfg.rewards.score))
+    runs = standardised_gains(images, spreads)
+    runs["method"] = runs.model.str.split("/").str[0]
+    lines = [f"z units: {spread_text}"]
+    for method, group in runs.groupby("method", sort=False):
+        cells = []
+        for column in ("B", "W", *(f"z_{name}" for name in spreads)):
+            values = group[column].to_numpy()
+            se = values.std(ddof=1) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+            cells.append(f"{column} {format_change(values.mean(), se)}")
+        b = group["B"].to_numpy()
+        scale = b.mean() / (b.std(ddof=1) / len(b) ** 0.5) if len(b) > 1 else float("nan")
+        lines.append(f"{method} ({len(group)} seeds): " + ", ".join(cells) + f"; B = {scale:.1f} SE")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("config.yaml"))
     parser.add_argument("--label", required=True, help="name of this setting (output folder)")
     parser.add_argument("--methods", default="flow_grpo,multi_grpo")
+    parser.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2 (default train.seed)")
     parser.add_argument("--set", action="append", default=[], dest="assignments", metavar="KEY=VALUE")
+    parser.add_argument("--base-model", type=Path, default=None, help="default: the study's")
+    parser.add_argument("--base-card", type=Path, default=None, help="its card's figures.json (z units)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parallel", action="store_true", help="train the methods at once")
+    parser.add_argument("--parallel", action="store_true", help="train the runs at once")
     parser.add_argument("--evaluate", action="store_true", help="then score the test split against the base")
-    parser.add_argument("--reuse", action="store_true", help="keep a method's finished training output")
+    parser.add_argument("--reuse", action="store_true", help="keep a run's finished training output")
     args = parser.parse_args(argv)
 
     raw = overridden(config.read_yaml(args.config), args.assignments)
     cfg = config.load(raw, source=f"{args.config} with --set")
-    base_dir = Path(f"results/{cfg.study}/base_model/model")
+    base_dir = args.base_model or Path(f"results/{cfg.study}/base_model/model")
+    card_file = args.base_card or base_dir.parent / "card" / "figures.json"
     train_split = Path(f"datasets/{cfg.dataset.name}/train.parquet")
     if not (base_dir / "model.safetensors").is_file():
         raise SystemExit(f"{base_dir}: no base model; run the study's pretrain_base first")
-    methods = args.methods.split(",")
-    threads = max(1, args.threads // len(methods)) if args.parallel else args.threads
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.train.seed]
+    runs = [(method, seed) for method in args.methods.split(",") for seed in seeds]
+    threads = max(1, args.threads // len(runs)) if args.parallel else args.threads
     jobs = []
-    for method in methods:
-        out_dir = Path("results/bench/learning") / args.label / method
+    for method, seed in runs:
+        out_dir = Path("results/bench/learning") / args.label / method / f"seed{seed}"
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.reuse and (out_dir / "weights.safetensors").is_file():
-            jobs.append((method, out_dir, None, None))
+            jobs.append((f"{method}/seed{seed}", seed, out_dir, None, None))
             continue
         command = [
             sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
-            "--base-model", str(base_dir), *train_flags(cfg, method),
+            "--base-model", str(base_dir), *train_flags(cfg, method, seed),
             "--out-dir", str(out_dir), "--threads", str(threads),
         ]  # fmt: skip
         log = open(out_dir / "train.log", "w")  # noqa: SIM115 (closed after the job)
-        jobs.append((method, out_dir, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        jobs.append((f"{method}/seed{seed}", seed, out_dir, process, log))
         if not args.parallel:
-            jobs[-1][2].wait()
+            process.wait()
     failed = 0
-    for method, out_dir, job, log in jobs:
+    for run, _, out_dir, job, log in jobs:
         code = job.wait() if job else 0
         if log:
             log.close()
         if code:
-            print(f"{method}: exit {code}, see {out_dir / 'train.log'}")
+            print(f"{run}: exit {code}, see {out_dir / 'train.log'}")
             failed += 1
         else:
-            print(summary(method, out_dir))
+            print(summary(run, out_dir))
     if args.evaluate and not failed:
         root = Path("results/bench/learning")
-        # The base model's evaluation, kept per pretraining and evaluation config.
-        base_key = config.config_hash(stage_params.pretrain_params(cfg) | stage_params.eval_params(cfg, None))
+        # The base model's evaluation, kept per base model and evaluation config.
+        base_key = config.config_hash(
+            {"model": str(base_dir.resolve())} | stage_params.eval_params(cfg, None)
+        )
         tables = {"base": evaluate(cfg, "base", base_dir, None, root / f"base-{base_key[:12]}")}
-        for method, out_dir, _, _ in jobs:
-            tables[method] = evaluate(
-                cfg, method, base_dir, out_dir / "weights.safetensors", out_dir / "eval"
-            )
-        print(paired_gains(cfg, tables))
+        for run, seed, out_dir, _, _ in jobs:
+            weights = out_dir / "weights.safetensors"
+            tables[run] = evaluate(cfg, run, base_dir, weights, out_dir / "eval", seed)
+        rewards = pd.concat([pd.read_parquet(path).assign(model=model) for model, path in tables.items()])
+        images = per_image_table(rewards, dict(cfg.train.reward_weights))
+        print(paired_gains(cfg, images))
+        card = json.loads(card_file.read_text()) if card_file.is_file() else None
+        print(across_seeds(cfg, images, card))
     return 1 if failed else 0
 
 

@@ -30,18 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.learning_settings import overridden  # noqa: E402
+from bench.learning_settings import overridden, train_flags  # noqa: E402
 from pipeline import config, stage_params  # noqa: E402
-
-
-def train_flags(cfg: config.StudyConfig, method: str, seed: int) -> list[str]:
-    """The train rule's ``--config-json`` and ``--runtime-json`` for one run."""
-    return [
-        "--config-json",
-        config.canonical_json(stage_params.train_params(cfg, method, seed)),
-        "--runtime-json",
-        config.canonical_json(stage_params.train_runtime(cfg)),
-    ]
 
 
 def run_all(commands: list[tuple[str, list[str], Path]], jobs: int) -> list[str]:

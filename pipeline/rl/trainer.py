@@ -34,7 +34,7 @@ from pipeline.rl.distributed import (
 from pipeline.rl.ema import Ema
 from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss, weighted_mean
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
-from pipeline.sampling.sde import sde_step_with_logprob
+from pipeline.sampling.sde import SdeStep, sde_step_with_logprob
 from pipeline.sampling.tree import TreeRollout, guided_velocity, ode_samples, sample_tree
 
 
@@ -136,6 +136,38 @@ def subsample_edges(edges: torch.Tensor, fraction: float, rng: np.random.Generat
     return edges[torch.from_numpy(chosen)]
 
 
+def edge_transitions(
+    policy: Policy,
+    rollout: TreeRollout,
+    index: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    settings: LoopSettings,
+) -> tuple[SdeStep, int]:
+    """The current policy's SDE transitions along the rollout's edges ``index`` ``[B]`` (their
+    ``log_prob`` ``[B]`` of the sampled next latents, in float32 whatever the forward's
+    precision) and the rows the forward cost. At the sampling weights ``exp(log_prob -
+    rollout.log_prob[index])`` is the on-policy ratio, 1 up to rounding."""
+    device = policy.device
+    x = rollout.latents[index].to(device)
+    sigma, sigma_next = rollout.sigma[index].to(device), rollout.sigma_next[index].to(device)
+    rows = rollout.edge_prompt[index]
+    with denoiser_precision(policy, settings):
+        v, cost = guided_velocity(
+            policy, x, sigma, cond.select(rows), uncond.select(rows), settings.guidance, len(index) * 2
+        )
+    step = sde_step_with_logprob(
+        v.float(),
+        x,
+        sigma,
+        sigma_next,
+        settings.noise_level,
+        prev_sample=rollout.next_latents[index].to(device),
+        sde_type=settings.sde_type,
+    )
+    return step, cost
+
+
 def edge_loss(
     policy: Policy,
     rollout: TreeRollout,
@@ -149,21 +181,7 @@ def edge_loss(
     """GRPO loss of the edges ``index`` (with gradients; their ``weights``-weighted mean), its
     statistics and the rows it cost. ``advantages`` and ``weights``: ``[E]`` of the forest."""
     device = policy.device
-    rows = rollout.edge_prompt[index]
-    x = rollout.latents[index].to(device)
-    sigma, sigma_next = rollout.sigma[index].to(device), rollout.sigma_next[index].to(device)
-    c, u = cond.select(rows), uncond.select(rows)
-    with denoiser_precision(policy, settings):
-        v, cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
-    step = sde_step_with_logprob(
-        v.float(),  # the log-probabilities in float32 whatever the forward's precision
-        x,
-        sigma,
-        sigma_next,
-        settings.noise_level,
-        prev_sample=rollout.next_latents[index].to(device),
-        sde_type=settings.sde_type,
-    )
+    step, cost = edge_transitions(policy, rollout, index, cond, uncond, settings)
     edge_weight = weights[index].to(device)
     loss, stats = ppo_clip_loss(
         step.log_prob,
@@ -173,21 +191,11 @@ def edge_loss(
         weights=edge_weight,
     )
     if settings.beta > 0:
-        with torch.no_grad():
-            with policy.reference(), denoiser_precision(policy, settings):
-                v_ref, ref_cost = guided_velocity(policy, x, sigma, c, u, settings.guidance, len(index) * 2)
-            reference = sde_step_with_logprob(
-                v_ref.float(),
-                x,
-                sigma,
-                sigma_next,
-                settings.noise_level,
-                prev_sample=step.prev_sample,
-                sde_type=settings.sde_type,
-            )
+        with torch.no_grad(), policy.reference():
+            reference, ref_cost = edge_transitions(policy, rollout, index, cond, uncond, settings)
         kl = gaussian_kl(step.mean, reference.mean, step.std)
         if settings.kl_units == "flow_grpo":
-            kl = kl_per_unit_time(kl, sigma, sigma_next)
+            kl = kl_per_unit_time(kl, rollout.sigma[index].to(device), rollout.sigma_next[index].to(device))
         kl = weighted_mean(kl, edge_weight)
         loss = loss + settings.beta * kl
         stats["kl"] = kl.item()

@@ -109,15 +109,15 @@ def test_slurm_profile_dry_run_requests_cluster_resources(tmp_path):
     assert "gpu=0" in card.group(1)  # CPU rules stay small
 
 
-def test_mini_gpu_config_plans_three_seeds_of_every_method(tmp_path):
+def test_mini_gpu_config_plans_six_seeds_of_every_method(tmp_path):
     folder = copy_workflow(tmp_path)
     jobs = planned_jobs(
         folder, "--configfile", "configs/mini_gpu.yaml", "--cores", "16", "--resources", "gpu=6"
     )
     assert {rule: jobs[rule] for rule in ("pretrain_base", "train", "sample_eval", "score", "report")} == {
         "pretrain_base": 1,
-        "train": 12,  # 4 methods x 3 seeds, each its own job
-        "sample_eval": 19,  # the base model, and the 6 flat runs at the trees' NFE
-        "score": 19,
+        "train": 24,  # 4 methods x 6 seeds, each its own job
+        "sample_eval": 37,  # the base model, 24 runs, and the 12 flat runs at the trees' NFE
+        "score": 37,
         "report": 1,
     }
