@@ -261,6 +261,9 @@ class TrainConfig:
     edge_weighting: str
     sde_steps: int
     ema_decay: float
+    ema_every: int
+    ema_warmup: bool
+    detach_uncond: bool
     checkpoint_every: int
     probe_prompts: int
     probe_every: int

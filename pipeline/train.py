@@ -106,6 +106,7 @@ def loop_settings(train: TrainConfig, sampling: dict) -> LoopSettings:
         edge_weighting=train.edge_weighting,
         mixed_precision=train.mixed_precision,
         kl_units=train.kl_units,
+        detach_uncond=train.detach_uncond,
     )
 
 
@@ -169,7 +170,7 @@ def _train_loop(
     parameters = policy.trainable_parameters()
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    ema = Ema(parameters, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = Ema(parameters, cfg.ema_decay, cfg.ema_every, cfg.ema_warmup) if cfg.ema_decay > 0 else None
     # A checkpoint resumes only under the same weight-deciding config and the same code.
     checkpoint_dir = out_dir / "checkpoint"
     stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.train")})

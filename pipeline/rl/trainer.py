@@ -71,6 +71,7 @@ class LoopSettings:
     edge_weighting: str = "leaves"  # leaves | uniform (pipeline.rl.credit)
     mixed_precision: str = "no"  # no | bf16 (autocast of the denoiser's forward passes)
     kl_units: str = "flow_grpo"  # flow_grpo (KL x |dt|) | transition (the exact step KL)
+    detach_uncond: bool = True  # the loss's CFG: no gradient through the unconditional branch
 
 
 def denoiser_precision(policy: Policy, settings: LoopSettings) -> AbstractContextManager:
@@ -154,7 +155,14 @@ def edge_transitions(
     rows = rollout.edge_prompt[index]
     with denoiser_precision(policy, settings):
         v, cost = guided_velocity(
-            policy, x, sigma, cond.select(rows), uncond.select(rows), settings.guidance, len(index) * 2
+            policy,
+            x,
+            sigma,
+            cond.select(rows),
+            uncond.select(rows),
+            settings.guidance,
+            len(index) * 2,
+            detach_uncond=settings.detach_uncond,
         )
     step = sde_step_with_logprob(
         v.float(),

@@ -90,11 +90,13 @@ def guided_velocity(
     uncond: Conditioning,
     guidance: float,
     max_batch: int,
+    detach_uncond: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Classifier-free-guided velocity ``[B, C, H, W]`` and the transformer rows it cost.
 
     With ``guidance == 1`` only the conditional branch runs. Otherwise each chunk stacks
-    unconditional and conditional rows into one call: ``v = v_u + g (v_c - v_u)``.
+    unconditional and conditional rows into one call: ``v = v_u + g (v_c - v_u)``; with
+    ``detach_uncond`` ``v_u`` carries no gradient, so ``dv = g dv_c`` (Flow-GRPO's loss).
     """
     rows_per_item = 1 if guidance == 1 else 2
     chunk = max(1, max_batch // rows_per_item)
@@ -108,6 +110,8 @@ def guided_velocity(
         u = uncond.select(list(range(start, start + x.shape[0])))
         v = policy.velocity(torch.cat([x, x]), torch.cat([s, s]), Conditioning.cat([u, c]))
         v_uncond, v_cond = v.chunk(2)
+        if detach_uncond:
+            v_uncond = v_uncond.detach()
         out.append(v_uncond + guidance * (v_cond - v_uncond))
     return torch.cat(out), rows_per_item * latents.shape[0]
 
