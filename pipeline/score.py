@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
 from pipeline import io, tracking
 from pipeline.images import load_image
@@ -88,9 +89,15 @@ def _score_chunk_in_worker(args: tuple) -> list[dict]:
 
 
 def score_table(
-    samples: pd.DataFrame, paths: list[Path], names: list[str], settings: dict, workers: int
+    samples: pd.DataFrame,
+    paths: list[Path],
+    names: list[str],
+    settings: dict,
+    workers: int,
+    device: str = "cpu",
 ) -> pd.DataFrame:
-    """The long rewards table for ``samples`` (see the module docstring)."""
+    """The long rewards table for ``samples`` (see the module docstring); model rewards
+    (``Reward.on_device``) run on ``device``."""
     prompts, metadata = list(samples["prompt"]), _metadata(samples)
     per_image = [n for n in names if REWARDS[n].per_image]
     batched = [n for n in names if not REWARDS[n].per_image]
@@ -120,7 +127,7 @@ def score_table(
                 results.extend(score_chunk(rewards, *chunk))
                 progress.advance(len(chunk[0]))
     if batched:
-        rewards = build_rewards(batched, settings)
+        rewards = build_rewards(batched, settings, device=device)
         results.extend(score_chunk(rewards, paths, prompts, metadata, list(range(len(paths)))))
     order = {name: i for i, name in enumerate(names)}
     results.sort(key=lambda r: (r["row"], order[r["reward"]]))
@@ -147,12 +154,15 @@ def score_readable(
     settings: dict,
     workers: int,
     unreadable: dict[int, str],
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """:func:`score_table` of the readable rows; each unreadable row gets, per reward, a
     missing score and the reason ``unreadable: <problem>``. Rows stay in sample order."""
     samples = samples.reset_index(drop=True)
     readable = [row for row in range(len(samples)) if row not in unreadable]
-    scored = score_table(samples.iloc[readable], [paths[row] for row in readable], names, settings, workers)
+    scored = score_table(
+        samples.iloc[readable], [paths[row] for row in readable], names, settings, workers, device
+    )
     scored.index = np.repeat(readable, len(names))
     missing = [
         samples.iloc[[row]].assign(reward=name, score=np.nan, reason=f"unreadable: {unreadable[row]}")
@@ -177,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="an unreadable image file is an error naming its row, raised before any scoring",
     )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device of the model rewards, e.g. PickScore (default: cuda when present, else cpu)",
+    )
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -195,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         row, problem = next(iter(unreadable.items()))
         raise SystemExit(f"--samples row {row}: {problem} (--strict; {len(unreadable)} unreadable in all)")
     with tracking.stage_run(args, {"rewards": names, "settings": settings}) as run:
-        table = score_readable(samples, paths, names, settings, max(1, args.workers), unreadable)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        table = score_readable(samples, paths, names, settings, max(1, args.workers), unreadable, device)
         io.write_parquet(args.out, pa.Table.from_pandas(table, preserve_index=False))
         means = table.groupby("reward")["score"].mean()
         run.log_metrics({f"{name}_mean": float(value) for name, value in means.items()})

@@ -140,14 +140,19 @@ def run_config(raw: dict, runtime: dict) -> TrainConfig:
     return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
 
 
+def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch.device) -> LeafScorer:
+    """The rollouts' scorer: model rewards (PickScore) on the policy's ``device``, the
+    per-image rewards (OCR, colour) in ``workers`` CPU processes."""
+    reward_settings = RewardsConfig().settings() | settings
+    return LeafScorer(build_rewards(names, reward_settings, device=str(device)), workers, reward_settings)
+
+
 def train(
     policy, train_split: pd.DataFrame, raw: dict, runtime: dict, out_dir: Path, run, ranks: Ranks = SINGLE
 ) -> dict:
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
     cfg = run_config(raw, runtime)
-    names = cfg.trained_rewards()
-    reward_settings = RewardsConfig().settings() | raw["rewards"]
-    scorer = LeafScorer(build_rewards(names, reward_settings), cfg.score_workers, reward_settings)
+    scorer = rollout_scorer(cfg.trained_rewards(), raw["rewards"], cfg.score_workers, policy.device)
     try:
         return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer)
     finally:

@@ -32,6 +32,12 @@ SPLITS = ("train", "test")
 
 BASE_DIR = f"{RESULTS}/base_model"
 
+# Every job that may use a GPU starts through the slot allocator (pipeline.gpu_slots): it
+# takes resources.gpu devices no other running job holds and pins the job to them.
+GPU_SLOTS = "python -m pipeline.gpu_slots {resources.gpu} -- "
+# The score stage needs a GPU only for a model reward (PickScore); OCR runs on the CPUs.
+SCORE_GPUS = int(any(REWARDS[name].on_device for name in CFG.rewards.score))
+
 
 def stage_sources(stage):
     """The Python files ``python -m pipeline.<stage>`` runs: its module and every ``pipeline``

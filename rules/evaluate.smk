@@ -25,7 +25,8 @@ rule sample_eval:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        "python -u -m pipeline.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
+        GPU_SLOTS
+        + "python -u -m pipeline.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
         "{params.weights} --test {input.test:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
         "--threads {threads} --mlflow-record {input.mlflow:q} --rule sample_eval "
         "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -47,13 +48,16 @@ rule score:
     conda:
         "../envs/pipeline.yaml"
     threads: 2
+    resources:
+        gpu=SCORE_GPUS,
     params:
         names=",".join(CFG.rewards.score),
         settings=study_config.canonical_json(stage_json.score_params(CFG)["settings"]),
         strict="--strict" if CFG.evaluation.strict_images else "",
         wildcards=wildcards_json,
     shell:
-        "python -u -m pipeline.score --samples {input.samples:q} --out {output.rewards:q} "
+        GPU_SLOTS
+        + "python -u -m pipeline.score --samples {input.samples:q} --out {output.rewards:q} "
         "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} {params.strict} "
         "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"

@@ -17,12 +17,15 @@ rule pretrain_base:
     conda:
         "../envs/pipeline.yaml"
     threads: 2
+    resources:
+        gpu=1,
     params:
         cfg=config_json("pretrain"),
         runtime=runtime_json(stage_json.pretrain_runtime),
         out_dir=output_dir,
     shell:
-        "python -u -m pipeline.pretrain --train {input.train:q} --config-json {params.cfg:q} "
+        GPU_SLOTS
+        + "python -u -m pipeline.pretrain --train {input.train:q} --config-json {params.cfg:q} "
         "--runtime-json {params.runtime:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
         "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -47,13 +50,16 @@ rule base_model_card:
     conda:
         "../envs/pipeline.yaml"
     threads: 2
+    resources:
+        gpu=1,
     params:
         cfg=config_json("card"),
         out_dir=output_dir,
         model_dir=lambda wildcards, input: str(Path(input.model).parent),
         vocab=vocab_flag,
     shell:
-        "python -u -m pipeline.model_card --model-dir {params.model_dir:q} --train-info {input.info:q} "
+        GPU_SLOTS
+        + "python -u -m pipeline.model_card --model-dir {params.model_dir:q} --train-info {input.info:q} "
         "--test {input.test:q} --samples {input.samples:q} --rewards {input.rewards:q} {params.vocab} "
         "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
         "--threads {threads} --mlflow-record {input.mlflow:q} --rule base_model_card "

@@ -31,7 +31,8 @@ rule train:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
+        GPU_SLOTS
+        + "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
         "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
         "--out-dir {params.out_dir:q} "
         "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "

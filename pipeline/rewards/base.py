@@ -60,6 +60,9 @@ class Reward:
     # Per-image rewards are spread over worker processes by the scoring stage; the others
     # (model-based, batched) run once over all images in the main process.
     per_image: bool = True
+    # Whether it runs a model on the job's device (the training policy's GPU; the score
+    # stage's GPU, which the workflow then grants it). CPU rewards stay in worker processes.
+    on_device: bool = False
 
     @classmethod
     def from_settings(cls, settings: dict, engine: Callable[[], OcrEngine], device: str) -> Reward:

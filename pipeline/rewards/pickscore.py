@@ -33,6 +33,7 @@ class PickScoreReward(Reward):
     config_sections: ClassVar[tuple[str, ...]] = ("pickscore",)
     local_folders: ClassVar[tuple[str, ...]] = ("model_dir",)
     per_image = False
+    on_device = True
 
     def __init__(
         self,

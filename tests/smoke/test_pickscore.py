@@ -90,3 +90,18 @@ def test_pickscore_bad_images_score_zero(tiny_pickscore):
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="rewards.pickscore.model_dir.*does not exist"):
         build_rewards(["pickscore"], {"pickscore": {"model_dir": str(tmp_path / "absent")}})
+
+
+def test_training_scores_pickscore_on_the_policy_device_and_ocr_in_cpu_workers(tiny_pickscore):
+    from pipeline.train import rollout_scorer
+
+    folder, _, _ = tiny_pickscore
+    settings = {"pickscore": {"model_dir": str(folder / "model"), "processor_dir": str(folder / "processor")}}
+    # The meta device stands in for a GPU: a model left on the CPU would show here.
+    scorer = rollout_scorer(["pickscore", "color"], settings, 2, torch.device("meta"))
+    try:
+        devices = {p.device.type for p in scorer.rewards["pickscore"].model.parameters()}
+        assert devices == {"meta"}
+        assert scorer.pooled == ["color"] and list(scorer.local) == ["pickscore"]
+    finally:
+        scorer.close()
