@@ -329,6 +329,7 @@ class ReportConfig:
 @defaults_from_schema("")
 class StudyConfig:
     study: str = field()  # required: no default
+    self_contained: bool
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
@@ -677,6 +678,104 @@ def _leaves(node: dict, path: tuple[str, ...] = ()):
         yield from _leaves(item, (*path, "NAME"))
 
 
+def _value_leaves(node, path: tuple[str, ...] = ()):
+    """``(key path, value)`` of every leaf of a parsed config (mappings are descended)."""
+    if isinstance(node, dict) and node:
+        for key, child in node.items():
+            yield from _value_leaves(child, (*path, str(key)))
+    else:
+        yield path, node
+
+
+def with_schema_defaults(raw: dict, node: dict | None = None) -> dict:
+    """``raw`` with every absent key that has a schema default filled in with it (nested
+    sections recursively, and each entry of a named-entries section such as ``methods``): the
+    config the stages see, since every dataclass takes the schema's defaults."""
+    node = load_schema() if node is None else node
+    out = dict(raw)
+    for key, child in node.get("properties", {}).items():
+        if key in out:
+            if isinstance(out[key], dict) and ("properties" in child or "additionalProperties" in child):
+                out[key] = with_schema_defaults(out[key], child)
+        elif "default" in child:
+            out[key] = child["default"]
+        elif "properties" in child:
+            filled = with_schema_defaults({}, child)
+            if filled:
+                out[key] = filled
+    entries = node.get("additionalProperties")
+    if isinstance(entries, dict) and "properties" in entries:
+        for key in set(out) - set(node.get("properties", {})):
+            if isinstance(out[key], dict):
+                out[key] = with_schema_defaults(out[key], entries)
+    return out
+
+
+def unused_sections(effective: dict, reward_sections: dict | None = None) -> list[tuple[str, ...]]:
+    """Key paths the study never reads, whatever their values: the mini model's sections for
+    another backend, the generator or file source not chosen, the ``rewards`` sections no
+    scored or trained reward reads (``reward_sections``: name -> the sections it reads, the
+    registry's ``Reward.config_sections``; by default its own), methods outside
+    ``run_methods``."""
+    model, source = effective.get("model", {}), effective.get("dataset", {}).get("source", {})
+    unused = []
+    if model.get("backend", "mini") != "mini":
+        unused += [("pretrain",), ("card",), ("model", "mini")]
+    if model.get("backend") != "flux":
+        unused.append(("model", "distilled_guidance"))
+    unused.append(
+        ("dataset", "source", "files" if source.get("kind", "generated") == "generated" else "generator")
+    )
+    train = effective.get("train", {})
+    used_rewards = set(effective.get("rewards", {}).get("score", []))
+    for weights in ("reward_weights", "z_weights"):
+        used_rewards |= {name for name, weight in (train.get(weights) or {}).items() if weight}
+    sections = reward_sections or {}
+    read = {section for name in used_rewards for section in sections.get(name, (name,))}
+    unused += [
+        ("rewards", name) for name in effective.get("rewards", {}) if name != "score" and name not in read
+    ]
+    selected = effective.get("run_methods")
+    if selected is not None:
+        unused += [("methods", name) for name in effective.get("methods", {}) if name not in selected]
+    return unused
+
+
+def inherited_keys(effective: dict, stated: dict, reward_sections: dict | None = None) -> list[str]:
+    """Dotted keys whose value the study uses but ``stated`` (the study's own files) does not
+    give: taken from the base config. Unused sections (:func:`unused_sections`) are left out."""
+    unused = unused_sections(effective, reward_sections)
+    stated_paths = {path for path, _ in _value_leaves(stated)}
+    stated_prefixes = {path[:i] for path in stated_paths for i in range(1, len(path) + 1)}
+    inherited = []
+    for path, _ in _value_leaves(effective):
+        if path in stated_paths or path[:1] == ("self_contained",):
+            continue
+        if any(path[: len(prefix)] == prefix for prefix in unused):
+            continue
+        if path in stated_prefixes:  # an empty mapping or list stated where the base has entries
+            continue
+        inherited.append(".".join(path))
+    return inherited
+
+
+def check_self_contained(
+    effective: dict, stated: dict, source: str, reward_sections: dict | None = None, base: str = "config.yaml"
+) -> None:
+    """For a study that declares ``self_contained``: no used key may come from ``base``."""
+    if not effective.get("self_contained"):
+        return
+    inherited = inherited_keys(effective, stated, reward_sections)
+    if inherited:
+        values = dict(_value_leaves(effective))
+        listed = ", ".join(f"{key} ({values[tuple(key.split('.'))]!r})" for key in inherited[:12])
+        more = f" and {len(inherited) - 12} more" if len(inherited) > 12 else ""
+        raise ConfigError(
+            f"{source}: self_contained, yet {len(inherited)} keys it uses come from {base}: {listed}{more}; "
+            "state each in the file (python -m pipeline.config FILE --effective lists them)"
+        )
+
+
 def reference_markdown() -> str:
     """Every config key with its default and meaning, from the schema (docs/config.md)."""
     lines = [
@@ -701,13 +800,14 @@ def reference_markdown() -> str:
 def main(argv: list[str] | None = None, rewards: dict | None = None) -> int:
     """``python -m pipeline.config FILE ...``: check config files as the workflow does.
 
-    Every file is parsed strictly (syntax errors and duplicate keys name file and line). A
-    whole config is then checked like the workflow's (schema, cross-key checks, local paths,
-    and reward names and folders against ``rewards``, the registry, when given); an overlay for
-    ``--configfile`` (one without every top-level key) is checked merged onto ``--base``
-    (default ``config.yaml``), as Snakemake merges it. Snakemake's own loader reports a broken
-    ``--configfile`` without file or line, hence this command. ``--reference`` prints every
-    key's default and meaning instead.
+    Every file is parsed strictly (syntax errors and duplicate keys name file and line), merged
+    onto ``--base`` (default ``config.yaml``) as Snakemake merges every ``--configfile``, and
+    checked like the workflow's config (schema, cross-key checks, local paths, reward names and
+    folders against ``rewards``, the registry, when given; a ``self_contained`` file may take
+    no used key from the base). Snakemake's own loader reports a broken ``--configfile``
+    without file or line, hence this command. ``--effective`` also prints every used key with
+    its value, marking those the file takes from the base; ``--reference`` prints every key's
+    default and meaning instead.
     """
     import argparse
 
@@ -716,20 +816,31 @@ def main(argv: list[str] | None = None, rewards: dict | None = None) -> int:
     parser.add_argument("--base", type=Path, default=Path("config.yaml"), help="what an overlay extends")
     parser.add_argument("--no-paths", action="store_true", help="do not check that input paths exist")
     parser.add_argument("--reference", action="store_true", help="print every key's default and meaning")
+    parser.add_argument(
+        "--effective",
+        action="store_true",
+        help="print every key the study uses with its value, marking those taken from --base",
+    )
     args = parser.parse_args(argv)
     if args.reference:
         print(reference_markdown(), end="")
         return 0
     if not args.files:
         parser.error("give config files to check, or --reference")
-    required = load_schema().get("required", [])
+    sections = {name: getattr(reward, "config_sections", (name,)) for name, reward in (rewards or {}).items()}
     failed = 0
     for path in args.files:
         try:
-            raw = read_yaml(path)
-            if not all(key in raw for key in required):
+            stated = raw = read_yaml(path)
+            # Snakemake merges every --configfile onto config.yaml, whole or not.
+            overlay = path.resolve() != args.base.resolve()
+            if overlay:
                 raw = _merged(read_yaml(args.base), raw)
+            effective = with_schema_defaults(raw)
+            if args.effective:
+                print(effective_listing(effective, stated if overlay else raw, path, args.base, sections))
             cfg = load(raw, str(path), check_paths=not args.no_paths)
+            check_self_contained(effective, stated if overlay else raw, str(path), sections, str(args.base))
             if rewards is not None:
                 check_rewards(cfg, rewards, str(path), check_paths=not args.no_paths)
         except (ConfigError, OSError) as error:
@@ -738,6 +849,19 @@ def main(argv: list[str] | None = None, rewards: dict | None = None) -> int:
         else:
             print(f"{path}: ok")
     return 1 if failed else 0
+
+
+def effective_listing(effective: dict, stated: dict, path: Path, base: Path, sections: dict) -> str:
+    """Every key the study uses, ``key: value``, those taken from ``base`` marked."""
+    inherited = set(inherited_keys(effective, stated, sections))
+    unused = unused_sections(effective, sections)
+    lines = [f"# {path}: the effective config ({len(inherited)} used keys taken from {base}, marked <<)"]
+    for key_path, value in _value_leaves(effective):
+        if any(key_path[: len(prefix)] == prefix for prefix in unused):
+            continue
+        key = ".".join(key_path)
+        lines.append(f"{key}: {json.dumps(value)}" + (f"  << {base}" if key in inherited else ""))
+    return "\n".join(lines)
 
 
 def _merged(base: dict, overlay: dict) -> dict:

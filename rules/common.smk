@@ -23,6 +23,14 @@ for _configfile in workflow.configfiles:
 config.update(study_config.coerce_strings(config))
 CFG = study_config.load(config, source="the study config")
 study_config.check_rewards(CFG, REWARDS, source="the study config")
+# A self_contained study (the paper configs) takes no used key from config.yaml: what its
+# --configfile files and --config state is all it may rely on.
+study_config.check_self_contained(
+    study_config.with_schema_defaults(config),
+    dict(workflow.config_settings.overwrite_config),
+    source=f"the study config ({', '.join(map(str, workflow.overwrite_configfiles)) or 'config.yaml'})",
+    reward_sections={name: reward.config_sections for name, reward in REWARDS.items()},
+)
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"
 RESULTS = f"results/{CFG.study}"

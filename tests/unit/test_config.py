@@ -357,3 +357,35 @@ def test_yaml_aliases_are_refused_before_anything_walks_them(tmp_path):
 def test_names_with_a_trailing_newline_are_refused(key, value):
     with pytest.raises(config.ConfigError, match="does not match"):
         config.load(_set(default_raw(), key, value))
+
+
+def test_effective_listing_marks_the_keys_an_overlay_takes_from_config_yaml(tmp_path, capsys):
+    path = tmp_path / "overlay.yaml"
+    path.write_text("study: x\ntrain: {iterations: 3}\n")
+    assert config.main([str(path), "--no-paths", "--effective", "--base", str(REPO / "config.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "train.iterations: 3" in lines  # stated: not marked
+    assert f"train.gpus: 1  << {REPO / 'config.yaml'}" in lines
+    # Keys config.yaml leaves to the schema show too, with the schema's default.
+    assert f'methods.flow_grpo.aggregate: "mean"  << {REPO / "config.yaml"}' in lines
+    # Sections the study does not use are not listed: the mini study reads no local files.
+    assert not any(line.startswith("dataset.source.files.") for line in lines)
+
+
+def test_a_self_contained_overlay_may_take_no_used_key_from_config_yaml():
+    effective = config.with_schema_defaults(config.read_yaml(REPO / "config.yaml") | {"self_contained": True})
+    stated = copy.deepcopy(effective)
+    config.check_self_contained(effective, stated, "x.yaml")  # everything stated: fine
+    del stated["train"]["gpus"], stated["methods"]["tree_grpo"]["branch_factors"]
+    with pytest.raises(config.ConfigError, match=r"x.yaml: self_contained, yet 2 keys .*train.gpus \(1\), "):
+        config.check_self_contained(effective, stated, "x.yaml")
+    # A method the study does not run, or a reward section no used reward reads, may stay unstated.
+    effective["run_methods"] = stated["run_methods"] = ["flow_grpo"]
+    stated["train"]["gpus"] = 1
+    del stated["rewards"]["color"]["temperature"]
+    with pytest.raises(config.ConfigError, match="rewards.color.temperature"):
+        config.check_self_contained(effective, stated, "x.yaml")
+    effective["rewards"]["score"] = stated["rewards"]["score"] = ["ocr"]
+    for weights in ("reward_weights", "std_floor"):
+        effective["train"][weights] = stated["train"][weights] = {"ocr": 1.0}
+    config.check_self_contained(effective, stated, "x.yaml")

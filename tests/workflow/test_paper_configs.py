@@ -121,3 +121,41 @@ def test_mini_gpu_config_plans_six_seeds_of_every_method(tmp_path):
         "score": 37,
         "report": 1,
     }
+
+
+def job_resources(out: str, rule: str) -> list[dict[str, str]]:
+    """The ``resources:`` of every planned job of ``rule`` in a dry run's printout."""
+    blocks = re.findall(rf"rule {rule}:\n(.*?)(?:\n\n|\Z)", out, re.S)
+    found = [re.search(r"resources: ([^\n]*)", block) for block in blocks]
+    return [dict(item.split("=", 1) for item in match.group(1).split(", ")) for match in found if match]
+
+
+def test_eight_gpus_on_one_node_give_each_train_job_eight_ranks_and_pickscore_its_gpu(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_ocr_color")
+    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml", "--resources", "gpu=8")
+    out = result.stdout + result.stderr
+    trains = job_resources(out, "train")
+    assert len(trains) == 4 and {job["gpu"] for job in trains} == {"8"}  # train.gpus, granted whole
+    assert out.count("--nproc 8 ") == 4 and "pipeline.gpu_slots 8 -- python -u -m pipeline.train" in out
+    assert {job["gpu"] for job in job_resources(out, "score")} == {"1"}  # PickScore on the GPU
+    assert {job["gpu"] for job in job_resources(out, "sample_eval")} == {"1"}
+
+
+def test_the_mini_study_scores_on_the_cpu(tmp_path):
+    result = snakemake(copy_workflow(tmp_path), "-n")
+    assert {job["gpu"] for job in job_resources(result.stdout + result.stderr, "score")} == {"0"}
+
+
+def test_a_self_contained_config_that_leaves_a_key_to_config_yaml_is_stopped(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_ocr_color")
+    path = folder / "configs" / "paper_ocr_color.yaml"
+    text = path.read_text()
+    path.write_text(re.sub(r"\n  gpus: 8[^\n]*", "", text).replace("  alpha: 0.05\n", ""))
+    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml", check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "self_contained, yet 2 keys it uses come from config.yaml: train.gpus (1), report.alpha (0.05)" in out
+    )
