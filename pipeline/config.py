@@ -214,6 +214,7 @@ class SamplingConfig:
     sde_type: str
     shift: float
     max_batch: int
+    eval_chunk: int
 
 
 @dataclass(frozen=True)
@@ -498,7 +499,15 @@ def _non_finite(node, path=()) -> list[str]:
 
 def _check_study(cfg: StudyConfig, source: str) -> None:
     """Cross-key checks that the schema cannot express; each names its key."""
-    train = cfg.train
+    train, sampling = cfg.train, cfg.sampling
+    per_call = sampling.max_batch if sampling.guidance == 1 else max(1, sampling.max_batch // 2)
+    if sampling.eval_chunk % per_call:
+        raise ConfigError(
+            f"{source}: config key 'sampling.eval_chunk' ({sampling.eval_chunk}) must be a multiple of the "
+            f"prompts per model call ({per_call}: sampling.max_batch {sampling.max_batch}"
+            f"{', halved for CFG' if sampling.guidance != 1 else ''}), so that chunks batch the rows as the "
+            "whole split would and the images do not depend on it"
+        )
     if train.prompts_per_iteration % train.gpus:
         raise ConfigError(
             f"{source}: config key 'train.gpus' ({train.gpus}) must divide "

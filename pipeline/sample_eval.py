@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if evaluation["max_prompts"]:
         test = test.head(evaluation["max_prompts"])
     rows = []
-    steps, seeds = sampling["eval_steps"], evaluation["seeds"]
-    # One unit is one denoising step of one seed's whole test split.
-    progress = Progress(f"sample_eval {args.model}", steps * len(seeds), "step")
+    steps, seeds, chunk = sampling["eval_steps"], evaluation["seeds"], sampling["eval_chunk"]
+    chunks = -(-len(test) // chunk) if chunk else 1
+    # One unit is one denoising step of one chunk of one seed's test split.
+    progress = Progress(f"sample_eval {args.model}", steps * chunks * len(seeds), "step")
     with tracking.stage_run(args, raw) as run, progress:
         for seed in seeds:
             rollout = ode_samples(
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 sampling["max_batch"],
                 sampling["shift"],
                 on_step=lambda step, seed=seed: progress.advance(note=f"seed {seed}"),
+                chunk=chunk,
             )
             for image, record in zip(rollout.images, test.itertuples(index=False), strict=True):
                 relative = Path("images") / f"{record.line_id}_{seed}.png"

@@ -20,7 +20,7 @@ from pipeline.rewards import REWARDS
 
 # The sampling keys of RL rollouts, and of ODE evaluation.
 ROLLOUT_SAMPLING_KEYS = ("train_steps", "noise_level", "sde_type", "shift", "max_batch")
-EVAL_SAMPLING_KEYS = ("eval_steps", "guidance", "shift", "max_batch")
+EVAL_SAMPLING_KEYS = ("eval_steps", "guidance", "shift", "max_batch", "eval_chunk")
 # A trained run's keys that evaluation needs to rebuild its network (the LoRA adapter's shape).
 ADAPTER_KEYS = ("lora_rank", "lora_alpha")
 

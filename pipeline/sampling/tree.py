@@ -265,6 +265,24 @@ def sample_tree(
     return group_by_prompt(forest)
 
 
+def encode_in_groups(policy: Policy, prompts: list[str], group: int) -> tuple[Conditioning, Conditioning]:
+    """``policy.encode`` of ``prompts`` ``group`` at a time, concatenated: ``[P, ...]`` each."""
+    parts = [policy.encode(prompts[i : i + group]) for i in range(0, len(prompts), group)]
+    return Conditioning.cat([c for c, _ in parts]), Conditioning.cat([u for _, u in parts])
+
+
+@dataclass
+class OdeSamples:
+    """Deterministic samples, one per prompt: ``images`` uint8 ``[P, H, W, 3]`` in prompt
+    order, ``final_latents`` ``[P, C, H, W]`` float32 on the CPU, and ``nfe`` (transformer
+    rows; a guided evaluation counts 2)."""
+
+    images: np.ndarray
+    final_latents: torch.Tensor
+    nfe: int
+
+
+@torch.no_grad()
 def ode_samples(
     policy: Policy,
     prompts: list[str],
@@ -274,17 +292,42 @@ def ode_samples(
     max_batch: int = 64,
     shift: float = 3.0,
     on_step: Callable[[int], None] | None = None,
-) -> TreeRollout:
-    """One deterministic (ODE) sample per prompt: images ``[P, H, W, 3]`` in prompt order."""
-    schedule = TreeSchedule(num_steps=steps, roots=1, between="ode")
-    return sample_tree(
-        policy,
-        prompts,
-        schedule,
-        flow_sigmas(steps, shift),
-        guidance=guidance,
-        noise_level=0.0,
-        max_batch=max_batch,
-        seed=seed,
-        on_step=on_step,
-    )
+    chunk: int = 0,
+) -> OdeSamples:
+    """One deterministic (Euler ODE) sample per prompt, ``chunk`` prompts at a time (0: all).
+
+    The starting noise of every prompt is drawn first, in prompt order, from one generator
+    seeded by ``seed`` (as :func:`sample_tree` draws its roots), and prompts are encoded and
+    denoised in the same groups (the prompts of one model call) whatever ``chunk``, so the
+    images do not depend on it when it is a multiple of that group. A chunk's prompts are
+    encoded, denoised and decoded on their own, and no step's latents are kept: memory is that
+    of one chunk whatever the number of prompts.
+    ``on_step`` is called with the step index after every step of every chunk
+    (``steps * ceil(P / chunk)`` calls).
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = draw_noise([generator], len(prompts), policy.latent_shape)
+    sigmas = flow_sigmas(steps, shift)
+    size = chunk if chunk > 0 else max(1, len(prompts))
+    # The text encoder and the denoiser see the same groups of prompts whatever the chunk (a
+    # chunk is whole groups): a kernel's rounding may depend on its batch size.
+    per_call = max_batch if guidance == 1 else max(1, max_batch // 2)
+    images, finals, nfe = [], [], 0
+    for start in range(0, len(prompts), size):
+        part = prompts[start : start + size]
+        cond, uncond = encode_in_groups(policy, part, per_call)
+        x = noise[start : start + size].to(policy.device)
+        for step in range(steps):
+            sigma = sigmas[step].expand(len(part)).to(policy.device)
+            v, cost = guided_velocity(policy, x, sigma, cond, uncond, guidance, max_batch)
+            nfe += cost
+            x = sde_step_with_logprob(
+                v, x, sigmas[step], sigmas[step + 1], 0.0, noise=torch.zeros(())
+            ).prev_sample
+            if on_step is not None:
+                on_step(step)
+        finals.append(x.float().cpu())
+        images.append(
+            np.concatenate([policy.decode(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+        )
+    return OdeSamples(np.concatenate(images), torch.cat(finals), nfe)

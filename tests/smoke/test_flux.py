@@ -131,8 +131,8 @@ def test_ode_samples_are_deterministic_with_true_cfg(base):
     assert first.images.shape == (2, RESOLUTION, RESOLUTION, 3) and first.images.dtype == np.uint8
     assert first.nfe == 2 * 2 * 3  # two prompts, guided (two rows), three steps
     np.testing.assert_array_equal(first.images, again.images)
-    torch.testing.assert_close(first.next_latents, again.next_latents, rtol=0, atol=0)
-    assert not torch.allclose(first.next_latents, other.next_latents)
+    torch.testing.assert_close(first.final_latents, again.final_latents, rtol=0, atol=0)
+    assert not torch.allclose(first.final_latents, other.final_latents)
 
 
 def test_lora_targets_and_reference_is_the_base_model(base, flux_dir):
