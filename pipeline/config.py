@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None, rewards: dict | None = None) -> int:
             # Snakemake merges every --configfile onto config.yaml, whole or not.
             overlay = path.resolve() != args.base.resolve()
             if overlay:
-                raw = _merged(read_yaml(args.base), raw)
+                raw = merged(read_yaml(args.base), raw)
             effective = with_schema_defaults(raw)
             if args.effective:
                 print(effective_listing(effective, stated if overlay else raw, path, args.base, sections))
@@ -873,12 +873,12 @@ def effective_listing(effective: dict, stated: dict, path: Path, base: Path, sec
     return "\n".join(lines)
 
 
-def _merged(base: dict, overlay: dict) -> dict:
+def merged(base: dict, overlay: dict) -> dict:
     """``overlay`` merged onto ``base`` key by key, nested mappings recursively (Snakemake's rule)."""
     out = dict(base)
     for key, value in overlay.items():
         out[key] = (
-            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
         )
     return out
 

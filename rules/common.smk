@@ -2,9 +2,11 @@
 # the study's target list); no rules here.
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from pipeline import config as study_config
+from pipeline import memory as study_memory
 from pipeline import sources as study_sources
 from pipeline import stage_params as stage_json
 from pipeline.environment import interpreter_first_on_path
@@ -31,6 +33,10 @@ study_config.check_self_contained(
     source=f"the study config ({', '.join(map(str, workflow.overwrite_configfiles)) or 'config.yaml'})",
     reward_sections={name: reward.config_sections for name, reward in REWARDS.items()},
 )
+
+# Paper-scale studies: the estimated GPU memory per job, before any job runs.
+if CFG.model.backend != "mini":
+    print(study_memory.report(CFG), file=sys.stderr)
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"
 RESULTS = f"results/{CFG.study}"
