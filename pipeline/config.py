@@ -180,6 +180,7 @@ class ModelConfig:
     resolution: int
     dtype: str
     distilled_guidance: float
+    require_gpu: bool
     mini: MiniModelConfig = field(default_factory=MiniModelConfig)
 
 
@@ -730,6 +731,8 @@ def unused_sections(effective: dict, reward_sections: dict | None = None) -> lis
     unused = []
     if model.get("backend", "mini") != "mini":
         unused += [("pretrain",), ("card",), ("model", "mini")]
+    else:  # the mini model's sizes live in its folder; it needs no GPU
+        unused += [("model", key) for key in ("path", "resolution", "dtype", "require_gpu")]
     if model.get("backend") != "flux":
         unused.append(("model", "distilled_guidance"))
     unused.append(

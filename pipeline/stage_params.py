@@ -51,7 +51,11 @@ def model_params(cfg: StudyConfig) -> dict:
     """The model keys a sampling or training stage reads: the backend and, for the diffusers
     backends, what ``load_policy`` takes (the mini model's own sizes live in its folder)."""
     model = cfg.model
-    keys = {"mini": (), "sd3": ("resolution", "dtype"), "flux": ("resolution", "dtype", "distilled_guidance")}
+    keys = {
+        "mini": (),
+        "sd3": ("resolution", "dtype", "require_gpu"),
+        "flux": ("resolution", "dtype", "distilled_guidance", "require_gpu"),
+    }
     return {"backend": model.backend, **_pick(model, keys[model.backend])}
 
 

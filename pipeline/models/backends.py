@@ -10,13 +10,26 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-BACKEND_OPTIONS = ("resolution", "dtype", "distilled_guidance")
+BACKEND_OPTIONS = ("resolution", "dtype", "distilled_guidance", "require_gpu")
 
 
 def backend_options(model: dict) -> dict:
     """The :func:`load_policy` keywords in a stage's ``model`` slice (pipeline.stage_params:
     none for mini, whose sizes live in its folder)."""
     return {key: model[key] for key in BACKEND_OPTIONS if key in model}
+
+
+def check_gpu(device: torch.device) -> None:
+    """Stop a job that ``model.require_gpu`` wants on a GPU but would run on ``device``, saying why."""
+    import os
+
+    reasons = [f"device {device}"]
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is a CPU build (install a CUDA build: docs/guide.md)")
+    elif not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        reasons.append(f"torch sees no CUDA device (CUDA_VISIBLE_DEVICES={visible!r})")
+    raise SystemExit(f"model.require_gpu is true, but this job would run on the CPU: {'; '.join(reasons)}")
 
 
 def load_policy(
@@ -31,10 +44,14 @@ def load_policy(
     trainable: bool = True,
     gradient_checkpointing: bool = False,
     distilled_guidance: float = 3.5,
+    require_gpu: bool = False,
 ):
     """Build the policy of ``backend`` from a local folder (the mini base model, an SD3 or a
-    FLUX folder). ``distilled_guidance`` is FLUX.1-dev's guidance-embedding value (flux only)."""
+    FLUX folder). ``distilled_guidance`` is FLUX.1-dev's guidance-embedding value (flux only).
+    With ``require_gpu`` (``model.require_gpu``) a job that would run on the CPU stops first."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if require_gpu and device.type != "cuda":
+        check_gpu(device)
     if backend == "mini":
         from pipeline.models.mini import MiniPolicy, load_mini
 

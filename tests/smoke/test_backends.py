@@ -104,3 +104,15 @@ def test_mini_reads_the_parsed_prompt():
 def test_mini_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_mini(tmp_path)
+
+
+def test_a_job_that_requires_a_gpu_stops_on_the_cpu_saying_why(tmp_path):
+    from pipeline.models.backends import load_policy
+    from tests.smoke.tiny import tiny_mini_dir
+
+    with pytest.raises(SystemExit) as stopped:
+        load_policy("mini", tiny_mini_dir(tmp_path / "mini"), device="cpu", require_gpu=True)
+    message = str(stopped.value)
+    assert message.startswith("model.require_gpu is true, but this job would run on the CPU: device cpu")
+    assert ("is a CPU build" in message) if torch.version.cuda is None else ("no CUDA device" in message)
+    assert load_policy("mini", tmp_path / "mini", device="cpu").device.type == "cpu"  # not required: runs

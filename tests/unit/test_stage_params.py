@@ -87,4 +87,9 @@ def test_a_reward_gets_the_sections_it_reads(cfg):
 def test_the_mini_model_slice_is_its_backend_only(cfg):
     assert stage_params.model_params(cfg) == {"backend": "mini"}
     sd3 = _with(cfg, "model", backend="sd3", path="/models/sd3")
-    assert stage_params.model_params(sd3) == {"backend": "sd3", "resolution": 512, "dtype": "float32"}
+    assert stage_params.model_params(sd3) == {
+        "backend": "sd3",
+        "resolution": 512,
+        "dtype": "float32",
+        "require_gpu": False,
+    }
