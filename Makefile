@@ -9,6 +9,9 @@
 #                   its server itself on Ctrl-C, SIGTERM, SIGHUP and when make dies)
 #   make follow   - every 15 s, the last line (progress, rate, ETA) of each job log written in
 #                   the last minute: the jobs running now
+#   make gpu-check - fail unless torch in .venv is a CUDA build that sees a GPU
+# On a GPU machine, set up with a CUDA build of torch, e.g. (a fresh .venv; see docs/guide.md):
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -16,17 +19,20 @@ STAMP := $(VENV)/.installed
 # Stage shells call `python -m pipeline.<stage>`: put the venv first on their PATH.
 RUN := PATH="$(BIN):$$PATH"
 UI_PORT ?= 5000
+# Where pip takes torch from (empty: pip's configured index). A CUDA wheel index gives a GPU build.
+TORCH_INDEX ?=
+TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 # The MLflow UI browser test drives Debian's headless Chromium (installed by `make test`).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup study dry-run report test lint ui ui-stop follow clean
+.PHONY: setup study dry-run report test lint ui ui-stop follow gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and on its own: the CPU build on disk; otherwise a dependency's
 	# unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet $(TORCH_INDEX_FLAG) torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -52,6 +58,9 @@ lint: setup
 	$(RUN) $(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 	$(BIN)/ruff check pipeline tests bench
+
+gpu-check: setup
+	$(BIN)/python -c "import sys, torch; n = torch.cuda.device_count(); print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s) visible'); sys.exit(0 if n else 1)"
 
 ui: setup
 	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --port $(UI_PORT)

@@ -37,6 +37,20 @@ study_config.check_self_contained(
 # Paper-scale studies: the estimated GPU memory per job, before any job runs.
 if CFG.model.backend != "mini":
     print(study_memory.report(CFG), file=sys.stderr)
+# train.gpus is the ranks of a training job; a smaller --resources gpu cap lowers them (the
+# results do not change, the time does): say so rather than run 1 rank of 8 in silence.
+_gpu_cap = workflow.global_resources.get("gpu")
+_gpu_cap = getattr(_gpu_cap, "value", _gpu_cap)
+if (
+    isinstance(_gpu_cap, int)
+    and _gpu_cap < CFG.train.gpus
+    and CFG.model.backend != "mini"
+):
+    print(
+        f"note: train.gpus is {CFG.train.gpus} but --resources gpu={_gpu_cap}: each training job "
+        f"runs {_gpu_cap} rank(s); pass --resources gpu={CFG.train.gpus} on an {CFG.train.gpus}-GPU node",
+        file=sys.stderr,
+    )
 
 DATASET_DIR = f"datasets/{CFG.dataset.name}"
 RESULTS = f"results/{CFG.study}"

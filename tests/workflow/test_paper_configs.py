@@ -160,3 +160,12 @@ def test_a_self_contained_config_that_leaves_a_key_to_config_yaml_is_stopped(tmp
     assert (
         "self_contained, yet 2 keys it uses come from config.yaml: train.gpus (1), report.alpha (0.05)" in out
     )
+
+
+def test_a_gpu_cap_below_train_gpus_is_said_before_the_run(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_ocr_color")
+    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml")  # the profile's gpu: 1
+    out = result.stdout + result.stderr
+    assert "note: train.gpus is 8 but --resources gpu=1: each training job runs 1 rank(s)" in out
+    assert out.count("--nproc 1 ") == 4
