@@ -1,19 +1,25 @@
-"""GRPO iterations of the sd3 backend at SD3.5-Medium size on a GPU: speed and memory.
+"""GRPO iterations and evaluation of the sd3 backend at the paper config's shapes on a GPU.
 
-    python bench/sd3_gpu.py [--iterations 3] [--prompts 2] [--resolution 512]
+    python bench/sd3_gpu.py [--config configs/paper_ocr_color.yaml] [--methods multi_grpo,flow_grpo] \
+        [--iterations 3] [--prompts 6] [--eval-prompts 0]
 
 Builds a random-weight SD3 pipeline with SD3.5-Medium's transformer configuration (2.26B
 transformer parameters; text encoders shallow but of the real widths: see
-pipeline/models/sd3_random.py)
-directly on the GPU in bf16, wraps it in the sd3 policy (LoRA r32/alpha64 as Flow-GRPO,
-gradient checkpointing), and runs GRPO iterations of the multi_grpo method through the
-project's own trainer (tree sampling with CFG 4.5, 10 steps, the quality reward, PPO-clip
-with KL). Prints seconds per iteration, sampling NFE per second and peak GPU memory.
+pipeline/models/sd3_random.py) directly on the GPU in bf16, wraps it in the sd3 policy with the
+config's LoRA, gradient checkpointing and resolution, and runs GRPO iterations of each method
+through the project's trainer with the config's train and sampling settings (one rank's share:
+``--prompts``, by default ``prompts_per_iteration / gpus``; the quality reward stands in for
+the rewards, whose scoring is not timed here). Then samples ``--eval-prompts`` test prompts
+(default ``sampling.eval_chunk``) as evaluation does. Prints, per method, seconds per iteration,
+images (leaves) per second and peak GPU memory, and the evaluation's images per second and peak
+memory, each beside the arithmetic estimate of ``pipeline.memory``. ``--size tiny --device cpu
+--resolution 64`` checks the script on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -24,20 +30,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline import config, memory, train  # noqa: E402
 from pipeline.models.sd3 import SD3Policy  # noqa: E402
 from pipeline.models.sd3_random import random_sd3_pipeline  # noqa: E402
 from pipeline.rewards.quality import QualityReward  # noqa: E402
-from pipeline.rl.trainer import LoopSettings, MethodSpec, run_iteration  # noqa: E402
-from pipeline.sampling.schedule import TreeSchedule  # noqa: E402
+from pipeline.rl.trainer import run_iteration  # noqa: E402
+from pipeline.sampling.tree import ode_samples  # noqa: E402
 
 WORDS = ["OPEN", "SALE", "HELLO", "TIGER", "ROCKET", "MAPLE", "CAMERA", "GARDEN"]
 
 
+def peak_gib(cuda: bool) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/paper_ocr_color.yaml"))
+    parser.add_argument("--methods", default="multi_grpo,flow_grpo")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--prompts", type=int, default=0, help="prompts per iteration (0: one rank's share)")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="0: sampling.eval_chunk")
+    parser.add_argument("--resolution", type=int, default=0, help="0: the config's")
     parser.add_argument(
         "--size", choices=["sd35m", "tiny"], default="sd35m", help="tiny: a CPU check of the script"
     )
@@ -47,6 +61,10 @@ def main() -> int:
     if cuda and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (or --size tiny --device cpu --resolution 64)")
         return 1
+    raw = config.merged(config.read_yaml("config.yaml"), config.read_yaml(args.config))
+    cfg = config.load(raw, str(args.config), check_paths=False)
+    resolution = args.resolution or cfg.model.resolution
+    prompts = args.prompts or cfg.train.prompts_per_iteration // cfg.train.gpus
     torch.manual_seed(0)
     start = time.perf_counter()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -54,70 +72,84 @@ def main() -> int:
         random_sd3_pipeline(args.size, device=args.device).to(dtype=dtype),
         device=args.device,
         dtype=dtype,
-        resolution=args.resolution,
-        lora_rank=32,
-        lora_alpha=64,
-        gradient_checkpointing=True,
+        resolution=resolution,
+        lora_rank=cfg.train.lora_rank,
+        lora_alpha=cfg.train.lora_alpha,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
     )
     params = sum(p.numel() for p in policy.transformer.parameters())
     lora = sum(p.numel() for p in policy.trainable_parameters())
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     print(
         f"{device_name}: transformer {params / 1e9:.2f}B parameters, LoRA {lora / 1e6:.1f}M, "
-        f"built in {time.perf_counter() - start:.0f} s"
+        f"built in {time.perf_counter() - start:.0f} s; {args.config}, {resolution} px"
     )
-    train = pd.DataFrame(
+    split = pd.DataFrame(
         {
-            "prompt": [f'A shop sign that reads "{w}". The color of the text "{w}" is red.' for w in WORDS],
-            "text": WORDS,
-            "color": ["red"] * len(WORDS),
+            "prompt": [
+                f'A shop sign that reads "{w}". The color of the text "{w}" is red.' for w in WORDS * 8
+            ],
+            "text": WORDS * 8,
+            "color": ["red"] * len(WORDS) * 8,
         }
     )
-    method = MethodSpec(
-        TreeSchedule(num_steps=10, roots=2, branch_steps=(1, 3), branch_factors=(2, 2)), "normalize_then_mix"
-    )
-    settings = LoopSettings(
-        prompts_per_iteration=args.prompts,
-        clip_range=1e-4,
-        beta=0.04,
-        max_grad_norm=1.0,
-        optimizer_steps_per_iteration=2,
-        microbatch=8,
-        guidance=4.5,
-        noise_level=0.7,
-        sde_type="sde",
-        shift=3.0,
-        max_batch=32,
+    settings = dataclasses.replace(
+        train.loop_settings(cfg.train, dataclasses.asdict(cfg.sampling)),
+        prompts_per_iteration=prompts,
         reward_weights={"quality": 1.0},
+        z_weights={"quality": 1.0},
+        std_floor={},
     )
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=3e-4, weight_decay=1e-4)
-    rewards = {"quality": QualityReward()}
+    estimate = (
+        sum(memory.training_estimate(cfg).values()) - memory.training_estimate(cfg)["PickScore (float32)"]
+    )
+    for name in args.methods.split(","):
+        method = train.method_spec(cfg.methods[name], cfg.sampling.train_steps, cfg.train.sde_steps)
+        optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.train.learning_rate)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        rows = []
+        for iteration in range(args.iterations):
+            if cuda:
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            row = run_iteration(
+                policy, optimizer, {"quality": QualityReward()}, split, method, settings, iteration
+            )
+            if cuda:
+                torch.cuda.synchronize()
+            rows.append(row | {"seconds": time.perf_counter() - began})
+            print(
+                f"  {name} iteration {iteration}: {rows[-1]['seconds']:.1f} s, sampling NFE "
+                f"{row['nfe_sampling']}, training NFE {row.get('nfe_training', 0)}, "
+                f"trained edges {row['trained_edges']}"
+            )
+        steady = rows[1:] or rows
+        seconds = statistics.median(r["seconds"] for r in steady)
+        images = prompts * method.schedule.leaves_per_prompt
+        print(
+            f"{name}: {seconds:.1f} s/iteration (median of iterations 1..{len(rows) - 1}), "
+            f"{images / seconds:.2f} images/s ({prompts} prompts x {method.schedule.leaves_per_prompt} "
+            f"leaves), peak GPU memory {peak_gib(cuda):.1f} GiB (est. {estimate:.0f} GB without PickScore)"
+        )
+    count = args.eval_prompts or cfg.sampling.eval_chunk or 128
+    test = list(split.prompt) * (-(-count // len(split)))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    rows = []
-    for iteration in range(args.iterations):
-        if cuda:
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        row = run_iteration(policy, optimizer, rewards, train, method, settings, iteration)
-        if cuda:
-            torch.cuda.synchronize()
-        row["seconds"] = time.perf_counter() - began
-        rows.append(row)
-        print(
-            f"iteration {iteration}: {row['seconds']:.1f} s, sampling NFE {row['nfe_sampling']}, "
-            f"training NFE {row.get('nfe_training', 0)}, trained edges {row['trained_edges']}, "
-            f"loss {row.get('loss', 0):.4f}, kl {row.get('kl', 0):.2e}, quality {row['quality_mean']:.3f}"
-        )
-    steady = rows[1:] or rows
-    seconds = statistics.median(r["seconds"] for r in steady)
-    nfe = statistics.median(r["nfe_sampling"] + r.get("nfe_training", 0) for r in steady)
-    sampling_nfe = statistics.median(r["nfe_sampling"] for r in steady)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    ode_samples(
+        policy, test[:count], cfg.sampling.eval_steps, cfg.sampling.guidance, 0,
+        cfg.sampling.max_batch, cfg.sampling.shift, chunk=cfg.sampling.eval_chunk,
+    )  # fmt: skip
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    estimate = sum(memory.evaluation_estimate(cfg).values())
     print(
-        f"median over iterations 1..{len(rows) - 1}: {seconds:.1f} s/iteration, {nfe / seconds:.1f} NFE/s "
-        f"(sampling {sampling_nfe} + training rows per iteration), peak GPU memory {peak:.1f} GiB, "
-        f"{args.prompts} prompts x 8 leaves at {args.resolution} px"
+        f"evaluation: {count} prompts, {cfg.sampling.eval_steps} steps at CFG {cfg.sampling.guidance} in "
+        f"{seconds:.0f} s = {count / seconds:.2f} images/s, peak GPU memory {peak_gib(cuda):.1f} GiB "
+        f"(est. {estimate:.0f} GB)"
     )
     return 0
 
