@@ -95,8 +95,17 @@ def report_sections(
     }
     methods = comparison.get("methods")
     if methods is not None and len(methods):
+        base = summary[summary.model == "base"]
+        base_means = ", ".join(
+            f"{html.escape(metric_label(m))} {base[m].iloc[0]:.3f}"
+            for m in reward_metrics(raw["rewards"]["score"])
+            if m in base and len(base)
+        )
+        start = f"<p class='caption'>Every run starts from the base model: test {base_means}.</p>"
         section = (
-            "<h2>The comparison</h2><p class='caption'>Per method, the mean over its training seeds ± "
+            "<h2>The comparison</h2>"
+            + (start if base_means else "")
+            + "<p class='caption'>Per method, the mean over its training seeds ± "
             "the standard error across them ((1 run): one seed, so the run's own error over test "
             "images). <b>z</b>: a reward's paired test gain over the base model in units of "
             f"{html.escape(str(comparison['spreads']))}; <b>B</b>: the mean of the z over the rewards "

@@ -69,6 +69,8 @@ def test_outputs_exist_with_expected_rows(study):
     html = (study / RESULTS / "report" / "index.html").read_text()
     assert "Training curves" in html and "data:image/png;base64" in html and "stand" in html
     assert "The comparison" in html and "At equal NFE" in html and "Not enough seeds" in html
+    base_ocr = summary.loc[summary.model == "base", "ocr"].iloc[0]
+    assert f"Every run starts from the base model: test OCR reward {base_ocr:.3f}" in html
 
 
 def test_every_job_is_an_mlflow_run(study):
