@@ -758,17 +758,13 @@ def inherited_keys(effective: dict, stated: dict, reward_sections: dict | None =
     give: taken from the base config. Unused sections (:func:`unused_sections`) are left out."""
     unused = unused_sections(effective, reward_sections)
     stated_paths = {path for path, _ in _value_leaves(stated)}
-    stated_prefixes = {path[:i] for path in stated_paths for i in range(1, len(path) + 1)}
-    inherited = []
-    for path, _ in _value_leaves(effective):
-        if path in stated_paths or path[:1] == ("self_contained",):
-            continue
-        if any(path[: len(prefix)] == prefix for prefix in unused):
-            continue
-        if path in stated_prefixes:  # an empty mapping or list stated where the base has entries
-            continue
-        inherited.append(".".join(path))
-    return inherited
+    return [
+        ".".join(path)
+        for path, _ in _value_leaves(effective)
+        if path not in stated_paths
+        and path != ("self_contained",)
+        and not any(path[: len(prefix)] == prefix for prefix in unused)
+    ]
 
 
 def check_self_contained(
