@@ -10,7 +10,11 @@ evaluated as the study's ``sample_eval`` and ``score`` stages evaluate the base 
 split at the evaluation's steps and guidance, the study's setting). Prints, per length, each
 seed's test OCR, exact match, colour and colour accuracy and their spread across seeds (SD and
 range). The spread across pretraining seeds bounds what a different machine's rounding does
-to the base: both change the same early, chaotic climb. Outputs in
+to the base: both change the same early, chaotic climb. With ``--groups`` it also samples
+each model's SDE groups under the training sampler, as the base model card does (the first
+``card.group_prompts`` test prompts, ``card.group_size`` leaves each, the rollouts' guidance and
+ODE tail), and prints each reward's mean within-group std and share of groups with any spread:
+the signal GRPO has to learn from, i.e. the room RL still has. Outputs in
 ``results/bench/base_spread/seed<N>/steps<M>/`` (model and evaluation); a rerun reuses them
 and continues a seed's pretraining from its last checkpoint.
 """
@@ -29,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.learning_settings import evaluate, overridden  # noqa: E402
 from pipeline import config  # noqa: E402
-from pipeline.models.mini import save_mini  # noqa: E402
+from pipeline.model_card import group_figures  # noqa: E402
+from pipeline.models.mini import MiniPolicy, load_mini, save_mini  # noqa: E402
 from pipeline.pretrain import build_model, train  # noqa: E402
 from pipeline.report_tables import per_image_table  # noqa: E402
 from pipeline.sources import sources_digest  # noqa: E402
@@ -61,6 +66,17 @@ def pretrain_to(cfg: config.StudyConfig, seed: int, steps: int, work: Path) -> N
     save_mini(model, work.parent / f"steps{steps}" / "model")
 
 
+def group_spread_of(cfg: config.StudyConfig, model_dir: Path) -> dict[str, float]:
+    """Each trained reward's mean within-group std and share of groups with spread, under the
+    training sampler (:func:`pipeline.model_card.group_figures`)."""
+    test = pd.read_parquet(f"datasets/{cfg.dataset.name}/test.parquet")
+    names = list(cfg.rewards.score)
+    rollout = {"guidance": cfg.train.guidance, "sde_steps": cfg.train.sde_steps}
+    policy = MiniPolicy(load_mini(model_dir), trainable=False)
+    figures = group_figures(policy, test, cfg.sampling, cfg.card, names, cfg.rewards.settings(), rollout)
+    return {k: v for k, v in figures.items() if k.endswith(("_group_std", "_groups_with_spread"))}
+
+
 def test_means(rewards: Path) -> dict[str, float]:
     """The test split's mean of each column in :data:`COLUMNS` (NaN where a score is missing)."""
     images = per_image_table(pd.read_parquet(rewards))
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="250,500,750", help="lengths to evaluate, ascending")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench/base_spread"))
+    parser.add_argument("--groups", action="store_true", help="also each model's SDE group spread")
     args = parser.parse_args(argv)
     cfg = config.load(overridden(config.read_yaml(args.config), args.assignments), source=str(args.config))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -93,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"steps": steps, "seed": seed, **test_means(rewards)})
             means = ", ".join(f"{name} {value:.3f}" for name, value in test_means(rewards).items())
             print(f"steps {steps} seed {seed}: {means}", flush=True)
+            if args.groups:
+                spread = group_spread_of(cfg, folder / "model")
+                rows[-1] |= spread
+                print("  SDE groups: " + ", ".join(f"{k} {v:.3f}" for k, v in spread.items()), flush=True)
     table = pd.DataFrame(rows)
     print(f"\nTest split at {cfg.sampling.eval_steps} ODE steps, CFG {cfg.sampling.guidance}; seeds {seeds}")
     for steps, group in table.groupby("steps"):
@@ -105,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"range {values.min():.3f}-{values.max():.3f})"
                 )
         print(f"{steps} steps: " + "; ".join(cells))
+        spread_columns = [c for c in group.columns if c.endswith(("_group_std", "_groups_with_spread"))]
+        if spread_columns:
+            print(
+                "  SDE groups (mean over seeds): "
+                + ", ".join(f"{c} {group[c].mean():.3f}" for c in spread_columns)
+            )
     return 0
 
 
