@@ -46,6 +46,10 @@ def test_every_stage_runs_unbuffered(tmp_path):
     """A stage's log keeps what it printed before a kill -9: Python runs with -u."""
     folder = copy_workflow(tmp_path)
     plan = snakemake(folder, "-n", "-p")
-    commands = [line.split("python", 1)[1] for line in plan.stdout.splitlines() if "-m pipeline." in line]
+    lines = [line for line in plan.stdout.splitlines() if "-m pipeline." in line]
+    # The stage itself, after the GPU slot wrapper (which execs it) where a job has one.
+    commands = [line.rsplit("python", 1)[1] for line in lines]
     assert len(commands) >= 10, plan.stdout
     assert all(command.startswith(" -u -m pipeline.") for command in commands), commands
+    wrapped = [line.split("python", 1)[1] for line in lines if "pipeline.gpu_slots" in line]
+    assert all(line.startswith(" -m pipeline.gpu_slots ") for line in wrapped) and len(wrapped) >= 5
