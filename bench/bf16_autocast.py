@@ -59,9 +59,9 @@ def cpu_bf16_flags() -> str:
 
 
 def trained_edge_ids(rollout, num_steps: int) -> torch.Tensor:
-    """``[E']``: the stochastic edges the loss trains (every one, before subsampling)."""
-    keep = rollout.trainable & (rollout.edge_step < num_steps - 1)
-    return torch.nonzero(keep).flatten()
+    """``[E']``: every edge the loss may train (stochastic, not the last step), before any
+    subsampling and whatever its advantage."""
+    return trainer.trained_edges(rollout, torch.ones(len(rollout.edge_step)), num_steps, False)
 
 
 def denoiser_timing(policy, rollout, settings, batch: int, threads: list[int], repeats: int) -> None:
