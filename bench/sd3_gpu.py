@@ -100,9 +100,8 @@ def main() -> int:
         z_weights={"quality": 1.0},
         std_floor={},
     )
-    estimate = (
-        sum(memory.training_estimate(cfg).values()) - memory.training_estimate(cfg)["PickScore (float32)"]
-    )
+    parts = memory.training_estimate(cfg)
+    estimate = sum(parts.values()) - parts["PickScore (float32)"]
     for name in args.methods.split(","):
         method = train.method_spec(cfg.methods[name], cfg.sampling.train_steps, cfg.train.sde_steps)
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.train.learning_rate)

@@ -501,6 +501,8 @@ def _non_finite(node, path=()) -> list[str]:
 def _check_study(cfg: StudyConfig, source: str) -> None:
     """Cross-key checks that the schema cannot express; each names its key."""
     train, sampling = cfg.train, cfg.sampling
+    # pipeline.sampling.tree.prompts_per_call's rule, restated: this module is imported by every
+    # stage and must not depend on the sampler's source (pipeline.sources).
     per_call = sampling.max_batch if sampling.guidance == 1 else max(1, sampling.max_batch // 2)
     if sampling.eval_chunk % per_call:
         raise ConfigError(

@@ -7,8 +7,8 @@ models' published architectures, and activations by the usual transformer rule (
 about 34 bytes per token and hidden unit in 16-bit without recomputation, the attention
 kernel fused; 2 bytes per token and hidden unit kept per block with gradient checkpointing,
 plus one block's activations while it is recomputed). Text encoders, VAE and PickScore stay
-on the GPU, as Flow-GRPO keeps them. The train stage prints the estimate of its own config
-before it starts, the workflow's dry run does not.
+on the GPU, as Flow-GRPO keeps them. The workflow prints the estimate when it builds the DAG
+of a paper-scale study (a dry run included), before any job.
 """
 
 from __future__ import annotations

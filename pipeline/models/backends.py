@@ -3,6 +3,7 @@ imported only when it is asked for."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -21,8 +22,6 @@ def backend_options(model: dict) -> dict:
 
 def check_gpu(device: torch.device) -> None:
     """Stop a job that ``model.require_gpu`` wants on a GPU but would run on ``device``, saying why."""
-    import os
-
     reasons = [f"device {device}"]
     if torch.version.cuda is None:
         reasons.append(f"torch {torch.__version__} is a CPU build (install a CUDA build: docs/guide.md)")

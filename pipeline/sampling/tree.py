@@ -82,6 +82,11 @@ EDGE_FIELDS = (
 )
 
 
+def prompts_per_call(max_batch: int, guidance: float) -> int:
+    """Prompts in one model call of ``max_batch`` rows: half as many under CFG (two rows each)."""
+    return max_batch if guidance == 1 else max(1, max_batch // 2)
+
+
 def guided_velocity(
     policy: Policy,
     latents: torch.Tensor,
@@ -99,7 +104,7 @@ def guided_velocity(
     ``detach_uncond`` ``v_u`` carries no gradient, so ``dv = g dv_c`` (Flow-GRPO's loss).
     """
     rows_per_item = 1 if guidance == 1 else 2
-    chunk = max(1, max_batch // rows_per_item)
+    chunk = prompts_per_call(max_batch, guidance)
     out = []
     for start in range(0, latents.shape[0], chunk):
         x, s = latents[start : start + chunk], sigma[start : start + chunk]
@@ -311,11 +316,10 @@ def ode_samples(
     size = chunk if chunk > 0 else max(1, len(prompts))
     # The text encoder and the denoiser see the same groups of prompts whatever the chunk (a
     # chunk is whole groups): a kernel's rounding may depend on its batch size.
-    per_call = max_batch if guidance == 1 else max(1, max_batch // 2)
     images, finals, nfe = [], [], 0
     for start in range(0, len(prompts), size):
         part = prompts[start : start + size]
-        cond, uncond = encode_in_groups(policy, part, per_call)
+        cond, uncond = encode_in_groups(policy, part, prompts_per_call(max_batch, guidance))
         x = noise[start : start + size].to(policy.device)
         for step in range(steps):
             sigma = sigmas[step].expand(len(part)).to(policy.device)
