@@ -15,7 +15,8 @@ training sampler: ``sampling.train_steps`` steps, ``sampling.noise_level``) and 
 * the pixel noise (0-255) of the leaves and of the test's ODE samples of the same prompts:
   a robust estimate from the median absolute Laplacian (text edges are a minority of the
   pixels, so the median sees the background), its excess in the leaves being leftover noise;
-* the 25th and 50th percentiles of each reward's within-group std (the std floor's scale);
+* the 25th and 50th percentiles of each reward's within-group std (the std floor's scale), and
+  the 25th percentile over the groups whose reward varies (the floor's rule once many groups agree);
 * the gap between the leaves' mean reward and the ODE samples' of the same prompts at the
   same guidance and the test's ``sampling.eval_steps`` (do scored rollouts look like test images?);
 * seconds per rollout leaf (median of the candidate's batches), and its NFE per leaf.
@@ -176,6 +177,8 @@ def candidate_row(policy, rewards, test, cfg, name, guidance, args) -> dict:
     stds = scores.assign(group=leaf_prompt).groupby("group")[names].std(ddof=0)
     for reward in names:
         row[f"{reward}_group_std_p25"], row[f"{reward}_group_std_p50"] = stds[reward].quantile([0.25, 0.5])
+        # Groups whose reward does not vary get z = 0 whatever the floor; the floor acts on the rest.
+        row[f"{reward}_varying_std_p25"] = stds[reward][stds[reward] > 0].quantile(0.25)
     row["seconds_per_leaf"] = statistics.median(seconds)
     row["nfe_per_leaf"] = steps * (1 if guidance == 1 else 2)
     return row
