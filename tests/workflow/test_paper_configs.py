@@ -123,6 +123,20 @@ def test_mini_gpu_config_plans_six_seeds_of_every_method(tmp_path):
     }
 
 
+def test_mini_seeds_config_plans_three_seeds_in_the_default_studys_folder(tmp_path):
+    folder = copy_workflow(tmp_path)
+    default = planned_jobs(folder)
+    seeds = planned_jobs(folder, "--configfile", "configs/mini_seeds.yaml")
+    assert (default["train"], seeds["train"]) == (4, 12)  # 4 methods x 1 seed, x 3 seeds
+    # The base model and 2 flat methods' runs at the trees' NFE are evaluated besides the runs.
+    assert (default["sample_eval"], seeds["sample_eval"]) == (4 + 2 + 1, 12 + 6 + 1)
+    assert seeds["pretrain_base"] == default["pretrain_base"] == 1
+    out = snakemake(folder, "-n", "--configfile", "configs/mini_seeds.yaml").stdout
+    runs = set(re.findall(r"results/([\w]+)/train/\w+/seed(\d)/metrics\.parquet", out))
+    # The default's study name, so seed 0 and the base model are the default study's own jobs.
+    assert runs == {("mini_ocr_color", seed) for seed in "012"}
+
+
 def job_resources(out: str, rule: str) -> list[dict[str, str]]:
     """The ``resources:`` of every planned job of ``rule`` in a dry run's printout."""
     blocks = re.findall(rf"rule {rule}:\n(.*?)(?:\n\n|\Z)", out, re.S)
