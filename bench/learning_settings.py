@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "q
 
 
 def overridden(raw: dict, assignments: list[str]) -> dict:
-    """``raw`` with every ``a.b.c=value`` applied (value parsed as YAML)."""
+    """``raw`` with every ``a.b.c=value`` applied (value parsed as YAML, ``5e-5`` as a number)."""
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep:
@@ -53,8 +54,20 @@ def overridden(raw: dict, assignments: list[str]) -> dict:
         node = raw
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = yaml_or_number(value)
     return raw
+
+
+def yaml_or_number(text: str):
+    """``text`` parsed as YAML; YAML 1.1 reads ``5e-5`` (no dot) as a string, so floats win."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
 
 
 def train_flags(cfg: config.StudyConfig, method: str, seed: int) -> list[str]:
