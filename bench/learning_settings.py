@@ -14,9 +14,9 @@ error (the report's trend), and the fixed probe batch's rewards before and after
 ``--parallel`` trains the runs at once, the threads split between them. ``--evaluate``
 then samples the test split with every trained run and the base model exactly as the
 study's ``sample_eval`` and ``score`` stages do (the base model's once per base model and
-evaluation config, kept in ``results/bench/learning/base-<hash>``) and prints each run's
-test gain over the base model, paired per prompt (mean ± standard error over prompts), for
-the mixed reward and each reward; then per method, across the seeds, the report's outcome
+evaluation config, kept in ``results/bench/learning/base-<hash>``, the hash over the base's
+weights and the evaluation config) and prints each run's test gain over the base model,
+paired per prompt (mean ± standard error over prompts), for the mixed reward and each reward; then per method, across the seeds, the report's outcome
 measures (z per reward in units of the base model card's within-group spreads, the balanced
 gain B and the worst reward W: mean ± standard error across seeds, and B's mean in units of
 that standard error, the acceptance scale of issue #24).
@@ -25,6 +25,7 @@ that standard error, the acceptance scale of issue #24).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -124,6 +125,14 @@ def evaluate(
     return rewards
 
 
+def files_digest(folder: Path) -> str:
+    """A SHA-256 over the names and bytes of the files in ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def paired_gains(cfg: config.StudyConfig, images: pd.DataFrame) -> str:
     """Each trained run's paired test gain over ``base`` for the mixed reward and each reward."""
     paired = paired_table(images)
@@ -212,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(run, out_dir))
     if args.evaluate and not failed:
         root = Path("results/bench/learning")
-        # The base model's evaluation, kept per base model and evaluation config.
+        # The base model's evaluation, kept per base model (its bytes: a re-pretrained base at
+        # the same path is another model) and evaluation config.
         base_key = config.config_hash(
-            {"model": str(base_dir.resolve())} | stage_params.eval_params(cfg, None)
+            stage_params.eval_params(cfg, None) | {"base_weights": files_digest(base_dir)}
         )
         tables = {"base": evaluate(cfg, "base", base_dir, None, root / f"base-{base_key[:12]}")}
         for run, seed, out_dir, _, _ in jobs:
