@@ -16,10 +16,11 @@ then samples the test split with every trained run and the base model exactly as
 study's ``sample_eval`` and ``score`` stages do (the base model's once per base model and
 evaluation config, kept in ``results/bench/learning/base-<hash>``, the hash over the base's
 weights and the evaluation config) and prints each run's test gain over the base model,
-paired per prompt (mean ± standard error over prompts), for the mixed reward and each reward; then per method, across the seeds, the report's outcome
-measures (z per reward in units of the base model card's within-group spreads, the balanced
-gain B and the worst reward W: mean ± standard error across seeds, and B's mean in units of
-that standard error, the acceptance scale of issue #24).
+paired per prompt (mean ± standard error over prompts), for the mixed reward and each reward;
+then per method, across the seeds, the report's outcome measures (z per reward in units of
+the base model card's within-group spreads, the balanced gain B and the worst reward W:
+mean ± standard error across seeds, B's mean in units of that standard error, the
+acceptance scale of issue #24, and each seed's B with their SD).
 """
 
 from __future__ import annotations
@@ -150,20 +151,29 @@ def paired_gains(cfg: config.StudyConfig, images: pd.DataFrame) -> str:
 
 
 def across_seeds(cfg: config.StudyConfig, images: pd.DataFrame, card: dict | None) -> str:
-    """Per method: z per reward, B and W, mean ± standard error across its training seeds."""
+    """Per method: z per reward, B and W, mean ± standard error across its training seeds, and
+    each seed's B (one seed: its values)."""
     spreads, spread_text = outcome_spreads(card, images, list(cfg.rewards.score))
     runs = standardised_gains(images, spreads)
     runs["method"] = runs.model.str.split("/").str[0]
     lines = [f"z units: {spread_text}"]
     for method, group in runs.groupby("method", sort=False):
-        cells = []
-        for column in ("B", "W", *(f"z_{name}" for name in spreads)):
-            values = group[column].to_numpy()
-            se = values.std(ddof=1) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-            cells.append(f"{column} {format_change(values.mean(), se)}")
+        columns = ("B", "W", *(f"z_{name}" for name in spreads))
         b = group["B"].to_numpy()
-        scale = b.mean() / (b.std(ddof=1) / len(b) ** 0.5) if len(b) > 1 else float("nan")
-        lines.append(f"{method} ({len(group)} seeds): " + ", ".join(cells) + f"; B = {scale:.1f} SE")
+        per_seed = "B per seed " + ", ".join(f"{value:+.3f}" for value in b)
+        if len(group) == 1:
+            cells = [f"{column} {group[column].iloc[0]:+.3f}" for column in columns]
+            lines.append(f"{method} (1 seed): " + ", ".join(cells))
+            continue
+        cells = []
+        for column in columns:
+            values = group[column].to_numpy()
+            cells.append(f"{column} {format_change(values.mean(), values.std(ddof=1) / len(values) ** 0.5)}")
+        sd = b.std(ddof=1)
+        lines.append(
+            f"{method} ({len(group)} seeds): " + ", ".join(cells)
+            + f"; B = {b.mean() / (sd / len(b) ** 0.5):.1f} SE; {per_seed} (SD {sd:.2f})"
+        )  # fmt: skip
     return "\n".join(lines)
 
 
