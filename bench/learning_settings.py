@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,8 +160,6 @@ def across_seeds(cfg: config.StudyConfig, images: pd.DataFrame, card: dict | Non
     lines = [f"z units: {spread_text}"]
     for method, group in runs.groupby("method", sort=False):
         columns = ("B", "W", *(f"z_{name}" for name in spreads))
-        b = group["B"].to_numpy()
-        per_seed = "B per seed " + ", ".join(f"{value:+.3f}" for value in b)
         if len(group) == 1:
             cells = [f"{column} {group[column].iloc[0]:+.3f}" for column in columns]
             lines.append(f"{method} (1 seed): " + ", ".join(cells))
@@ -169,6 +168,8 @@ def across_seeds(cfg: config.StudyConfig, images: pd.DataFrame, card: dict | Non
         for column in columns:
             values = group[column].to_numpy()
             cells.append(f"{column} {format_change(values.mean(), values.std(ddof=1) / len(values) ** 0.5)}")
+        b = group["B"].to_numpy()
+        per_seed = "B per seed " + ", ".join(f"{value:+.3f}" for value in b)
         sd = b.std(ddof=1)
         lines.append(
             f"{method} ({len(group)} seeds): " + ", ".join(cells)
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.reuse and (out_dir / "weights.safetensors").is_file():
             jobs.append((f"{method}/seed{seed}", seed, out_dir, None, None))
             continue
+        # A run trained again is another model: its old test figures must not be reused.
+        shutil.rmtree(out_dir / "eval", ignore_errors=True)
         command = [
             sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
             "--base-model", str(base_dir), *train_flags(cfg, method, seed),
