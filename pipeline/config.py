@@ -260,6 +260,8 @@ class TrainConfig:
     guidance: float
     train_last_step: bool
     edge_fraction: float
+    edge_sampling: str
+    equal_sampling_nfe: bool
     edge_weighting: str
     sde_steps: int
     ema_decay: float
@@ -306,6 +308,8 @@ class MethodConfig:
     std_mode: str
     renormalize: str
     aggregate: str
+    branch_noise_scale: float
+    reward_weights: dict | None
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,16 @@ class StudyConfig:
     run_methods: tuple[str, ...] | None
     # name -> method, built from the config's methods section (only run_methods, if set)
     methods: dict = field(default_factory=dict)
+
+    def method_train(self, method: str) -> TrainConfig:
+        """The train config of ``method``'s runs: its own ``reward_weights`` where it states them."""
+        weights = self.methods[method].reward_weights
+        return self.train if weights is None else dataclasses.replace(self.train, reward_weights=dict(weights))
+
+    def trained_rewards(self) -> list[str]:
+        """Every reward some method's training scores (:meth:`TrainConfig.trained_rewards`)."""
+        names = [n for m in self.methods for n in self.method_train(m).trained_rewards()]
+        return list(dict.fromkeys(names or self.train.trained_rewards()))
 
 
 def _key_path(path) -> str:
@@ -580,6 +594,10 @@ def check_rewards(cfg: StudyConfig, registry: dict, source: str = "config", chec
         "train.reward_weights": list(cfg.train.reward_weights),
         "train.z_weights": list(cfg.train.z_weights or {}),
         "train.std_floor": list(cfg.train.std_floor),
+    } | {
+        f"methods.{name}.reward_weights": list(method.reward_weights)
+        for name, method in cfg.methods.items()
+        if method.reward_weights is not None
     }
     for key, names in named.items():
         unknown = [name for name in names if name not in registry]
@@ -591,7 +609,7 @@ def check_rewards(cfg: StudyConfig, registry: dict, source: str = "config", chec
     if not check_paths:
         return
     settings = cfg.rewards.settings()
-    for name in dict.fromkeys([*cfg.rewards.score, *cfg.train.trained_rewards()]):
+    for name in dict.fromkeys([*cfg.rewards.score, *cfg.trained_rewards()]):
         for folder in registry[name].local_folders:
             path = settings.get(name, {}).get(folder) or ""
             if not path or not Path(path).is_dir():

@@ -67,7 +67,7 @@ def training_estimate(cfg) -> dict[str, float]:
     else:
         activations = per_block_full * arch.blocks
     lora = cfg.train.lora_rank * 2 * arch.hidden * arch.lora_linears_per_block * arch.blocks
-    rewards = PICKSCORE_PARAMETERS * 4 if "pickscore" in cfg.train.trained_rewards() else 0.0
+    rewards = PICKSCORE_PARAMETERS * 4 if "pickscore" in cfg.trained_rewards() else 0.0
     return {
         "frozen weights": (arch.transformer + arch.text_encoders + arch.vae) * weight_bytes / GB,
         "LoRA weights, gradients and AdamW state (float32)": lora * 16 / GB,

@@ -86,7 +86,7 @@ def train_params(cfg: StudyConfig, method: str, seed: int) -> dict:
         "train": train,
         "method": dataclasses.asdict(cfg.methods[method]),
         "sampling": _pick(cfg.sampling, ROLLOUT_SAMPLING_KEYS),
-        "rewards": reward_settings(cfg, cfg.train.trained_rewards()),
+        "rewards": reward_settings(cfg, cfg.method_train(method).trained_rewards()),
         "model": model_params(cfg),
     }
 

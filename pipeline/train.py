@@ -65,7 +65,7 @@ from pipeline.rl import distributed
 from pipeline.rl.distributed import SINGLE, Ranks
 from pipeline.rl.ema import Ema, without_averages
 from pipeline.rl.trainer import LoopSettings, MethodSpec, probe, probe_batch, run_iteration
-from pipeline.sampling.schedule import TreeSchedule
+from pipeline.sampling.schedule import TreeSchedule, equal_nfe_prompts, flow_sigmas, sde_mean_x_coefficient
 from pipeline.sources import sources_digest
 from pipeline.time_guard import TimeGuard
 
@@ -79,7 +79,9 @@ def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodS
         between=method.between,
         sde_steps=sde_steps,
     )
-    return MethodSpec(schedule, method.mixing, method.std_mode, method.renormalize, method.aggregate)
+    return MethodSpec(
+        schedule, method.mixing, method.std_mode, method.renormalize, method.aggregate, method.branch_noise_scale
+    )
 
 
 def loop_settings(train: TrainConfig, sampling: dict) -> LoopSettings:
@@ -99,6 +101,7 @@ def loop_settings(train: TrainConfig, sampling: dict) -> LoopSettings:
         max_batch=sampling["max_batch"],
         train_last_step=train.train_last_step,
         edge_fraction=train.edge_fraction,
+        edge_sampling=train.edge_sampling,
         seed=train.seed,
         reward_weights=dict(train.reward_weights),
         z_weights=train.advantage_z_weights(),
@@ -140,6 +143,39 @@ def run_config(raw: dict, runtime: dict) -> TrainConfig:
     return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
 
 
+def run_plan(raw: dict, runtime: dict) -> tuple[TrainConfig, MethodSpec, LoopSettings]:
+    """The run's train config (with the method's own ``reward_weights`` where it states them),
+    its method and the trainer's settings (with ``equal_sampling_nfe``, the prompts per
+    iteration that give the method's rollouts a flat group's NFE)."""
+    cfg, method_config = run_config(raw, runtime), MethodConfig(**raw["method"])
+    if method_config.reward_weights is not None:
+        cfg = dataclasses.replace(cfg, reward_weights=dict(method_config.reward_weights))
+    sampling = raw["sampling"]
+    method = method_spec(method_config, sampling["train_steps"], cfg.sde_steps)
+    settings = loop_settings(cfg, sampling)
+    if cfg.equal_sampling_nfe:
+        prompts = equal_nfe_prompts(cfg.prompts_per_iteration, method.schedule, cfg.gpus)
+        settings = dataclasses.replace(settings, prompts_per_iteration=prompts)
+    return cfg, method, settings
+
+
+def check_branch_noise(method: MethodSpec, raw: dict) -> None:
+    """Stop before any work when ``branch_noise_scale`` makes a branching step's Flow-SDE mean
+    flip the sample's sign (:func:`pipeline.sampling.schedule.sde_mean_x_coefficient`)."""
+    sampling, schedule = raw["sampling"], method.schedule
+    if sampling["sde_type"] != "sde" or not schedule.branch_steps:
+        return
+    level = sampling["noise_level"] * method.branch_noise_scale
+    coefficient = sde_mean_x_coefficient(flow_sigmas(schedule.num_steps, sampling["shift"]), level)
+    bad = [step for step in schedule.branch_steps if coefficient[step] <= 0]
+    if bad:
+        raise SystemExit(
+            f"method config key 'branch_noise_scale' ({method.branch_noise_scale}): at noise level "
+            f"{level:g} the Flow-SDE mean of branch steps {bad} has coefficient "
+            f"{float(coefficient[bad[0]]):.3f} <= 0 on x (it flips the sample); use a smaller scale"
+        )
+
+
 def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch.device) -> LeafScorer:
     """The rollouts' scorer: model rewards (PickScore) on the policy's ``device``, the
     per-image rewards (OCR, colour) in ``workers`` CPU processes."""
@@ -151,7 +187,7 @@ def train(
     policy, train_split: pd.DataFrame, raw: dict, runtime: dict, out_dir: Path, run, ranks: Ranks = SINGLE
 ) -> dict:
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
-    cfg = run_config(raw, runtime)
+    cfg, _, _ = run_plan(raw, runtime)
     scorer = rollout_scorer(cfg.trained_rewards(), raw["rewards"], cfg.score_workers, policy.device)
     try:
         return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer)
@@ -169,9 +205,7 @@ def _train_loop(
     ranks: Ranks,
     scorer: LeafScorer,
 ) -> dict:
-    cfg, sampling = run_config(raw, runtime), raw["sampling"]
-    method = method_spec(MethodConfig(**raw["method"]), sampling["train_steps"], cfg.sde_steps)
-    settings = loop_settings(cfg, sampling)
+    cfg, method, settings = run_plan(raw, runtime)
     parameters = policy.trainable_parameters()
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -336,11 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw, runtime = json.loads(args.config_json), json.loads(args.runtime_json)
-    model, cfg = raw["model"], run_config(raw, runtime)
+    model, (cfg, method, settings) = raw["model"], run_plan(raw, runtime)
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
+    check_branch_noise(method, raw)
     try:
-        distributed.check_shardable(cfg.prompts_per_iteration, args.nproc)
+        distributed.check_shardable(settings.prompts_per_iteration, args.nproc)
     except ValueError as error:
         raise SystemExit(str(error)) from error
     if args.nproc > 1 and not distributed.is_worker():

@@ -12,9 +12,11 @@ one leaf below it, so the weighting changes nothing there.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EDGE_WEIGHTINGS = ("leaves", "uniform")
+EDGE_SAMPLINGS = ("uniform", "weighted")
 
 
 def descendant_leaves(leaf_nodes: torch.Tensor, node_parent: torch.Tensor) -> torch.Tensor:
@@ -67,3 +69,51 @@ def step_credit(
         stats[f"advantage_abs_step{step}"] = float(advantages[at].abs().mean()) if count else 0.0
         stats[f"credit_step{step}"] = float(pull[at].sum()) / total if total > 0 else 0.0
     return stats
+
+
+def inclusion_probabilities(weights: torch.Tensor, count: int) -> torch.Tensor:
+    """``[E]`` float64 probabilities proportional to ``weights`` ``[E]`` (> 0) that sum to
+    ``count`` (<= E) and stay <= 1: an edge whose share would exceed 1 is always included and
+    the rest share the remaining count in proportion to their weights."""
+    w = weights.double()
+    certain = torch.zeros(len(w), dtype=torch.bool)
+    while True:
+        rest = count - int(certain.sum())
+        pi = torch.where(certain, torch.ones_like(w), rest * w / w[~certain].sum())
+        newly = (pi >= 1) & ~certain
+        if not newly.any():
+            return pi.clamp(max=1.0)
+        certain |= newly
+
+
+def subsample_edges(
+    edges: torch.Tensor, weights: torch.Tensor, fraction: float, sampling: str, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A share ``fraction`` of the trained ``edges`` ``[E_t]`` (ids into ``weights`` ``[E]``), in
+    ascending order, and the loss weights ``[E]`` that keep the loss an estimate of the full one.
+
+    ``uniform``: ``round(fraction E_t)`` edges (at least one) drawn without replacement, each
+    with its own weight (the loss is their weighted mean). ``weighted``: systematic sampling with
+    inclusion probability ``pi_e`` proportional to the edge's weight (:func:`inclusion_probabilities`),
+    and each drawn edge weighs ``w_e / pi_e`` (Horvitz-Thompson): a tree's root edges, which
+    carry many leaves, are drawn more often instead of counting more when drawn. With
+    ``fraction`` 1 every edge is kept with its weight.
+    """
+    if sampling not in EDGE_SAMPLINGS:
+        raise ValueError(f"edge sampling {sampling!r}: expected one of {EDGE_SAMPLINGS}")
+    if fraction >= 1.0 or len(edges) == 0:
+        return edges, weights
+    count = max(1, round(fraction * len(edges)))
+    if sampling == "uniform":
+        chosen = np.sort(rng.choice(len(edges), count, replace=False))
+        return edges[torch.from_numpy(chosen)], weights
+    pi = inclusion_probabilities(weights[edges], count)
+    order = torch.from_numpy(rng.permutation(len(edges)))  # a random order: no periodic pattern
+    cumulative = torch.cumsum(pi[order], dim=0)
+    start = float(rng.uniform())
+    # Edge k of the order is drawn when a point start, start + 1, ... falls in its interval.
+    hits = torch.floor(cumulative - start) - torch.floor(cumulative - pi[order] - start)
+    drawn = torch.sort(order[hits > 0]).values
+    adjusted = weights.clone()
+    adjusted[edges[drawn]] = (weights[edges[drawn]].double() / pi[drawn]).float()
+    return edges[drawn], adjusted

@@ -22,7 +22,7 @@ from pipeline.evaluation import LeafScorer, score_images
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rewards import Reward
 from pipeline.rl.advantages import node_values, temporal_group_advantages
-from pipeline.rl.credit import edge_weights, step_credit
+from pipeline.rl.credit import edge_weights, step_credit, subsample_edges
 from pipeline.rl.distributed import (
     SINGLE,
     Ranks,
@@ -47,6 +47,7 @@ class MethodSpec:
     std_mode: str = "group"
     renormalize: str = "none"
     aggregate: str = "mean"
+    branch_noise_scale: float = 1.0  # the SDE noise level's factor on branching steps
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class LoopSettings:
     max_batch: int
     train_last_step: bool = False
     edge_fraction: float = 1.0
+    edge_sampling: str = "uniform"  # uniform | weighted (pipeline.rl.credit.subsample_edges)
     seed: int = 0
     reward_weights: dict[str, float] = field(default_factory=dict)  # mix_then_normalize's, on rewards
     z_weights: dict[str, float] = field(default_factory=dict)  # normalize_then_mix's, on z-scores
@@ -127,16 +129,6 @@ def trained_edges(
     return torch.nonzero(keep).flatten()
 
 
-def subsample_edges(edges: torch.Tensor, fraction: float, rng: np.random.Generator) -> torch.Tensor:
-    """``[round(fraction * E)]`` of the ``[E]`` edge ids, drawn without replacement, in
-    ascending order (at least one when ``E > 0``); all of them when ``fraction`` is 1."""
-    if fraction >= 1.0 or len(edges) == 0:
-        return edges
-    count = max(1, round(fraction * len(edges)))
-    chosen = np.sort(rng.choice(len(edges), count, replace=False))
-    return edges[torch.from_numpy(chosen)]
-
-
 def edge_transitions(
     policy: Policy,
     rollout: TreeRollout,
@@ -169,7 +161,7 @@ def edge_transitions(
         x,
         sigma,
         sigma_next,
-        settings.noise_level,
+        rollout.noise_level[index].to(device),
         prev_sample=rollout.next_latents[index].to(device),
         sde_type=settings.sde_type,
     )
@@ -346,6 +338,7 @@ def sample_prompts(
             sigmas,
             guidance=settings.guidance,
             noise_level=settings.noise_level,
+            branch_noise_scale=method.branch_noise_scale,
             sde_type=settings.sde_type,
             max_batch=settings.max_batch,
             seed=[prompt_seed(settings.seed, iteration, first + i) for i in range(len(prompts))],
@@ -376,6 +369,89 @@ def leaf_images(policy: Policy, rollout: TreeRollout, settings: LoopSettings) ->
         return np.concatenate([policy.decode(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
+@dataclass
+class ScoredForest:
+    """One iteration's sampled and scored batch as every rank sees it after gathering.
+
+    ``rollout``: this rank's forest; ``forest``: the gathered batch's (every rank's, in prompt
+    order); ``scores``: ``[L]`` rows of the gathered leaves' rewards; ``first_edge``: this
+    rank's first edge in ``forest``; ``images``: this rank's leaves, uint8 ``[L_r, H, W, 3]``."""
+
+    rollout: TreeRollout
+    forest: TreeRollout
+    scores: pd.DataFrame
+    first_edge: int
+    images: np.ndarray
+
+
+def sample_and_score(
+    policy: Policy,
+    scorer: LeafScorer,
+    train: pd.DataFrame,
+    method: MethodSpec,
+    settings: LoopSettings,
+    iteration: int,
+    timer: PhaseTimer,
+    ranks: Ranks = SINGLE,
+) -> ScoredForest:
+    """The rollout, decode and scoring phases of one iteration, gathered over ranks."""
+    batch = iteration_prompts(train, settings, iteration)
+    shard = prompt_shard(len(batch), ranks)
+    own = batch.iloc[shard]
+    with timer("rollout"):
+        rollout = sample_prompts(policy, list(own.prompt), shard.start, method, settings, iteration)
+    with timer("decode"):
+        images = leaf_images(policy, rollout, settings)
+    with timer("scoring"):
+        leaf = rollout.leaf_prompt.numpy()
+        scores = scorer(images, *(list(own[column].iloc[leaf]) for column in ("prompt", "text", "color")))
+    with timer("advantages"):
+        # Group statistics span ranks: every rank computes all advantages on the gathered batch.
+        forest, scores, first_edge = gather_forest(rollout, scores, ranks)
+    return ScoredForest(rollout, forest, scores, first_edge, images)
+
+
+@dataclass
+class EdgePlan:
+    """What one iteration trains: ``advantages`` and loss ``weights`` ``[E]`` over the gathered
+    forest's edges, and ``edges``, the ids of those that carry gradient this iteration."""
+
+    advantages: torch.Tensor
+    weights: torch.Tensor
+    edges: torch.Tensor
+
+
+def plan_edges(
+    forest: TreeRollout,
+    leaf_rewards: torch.Tensor,
+    names: list[str],
+    method: MethodSpec,
+    settings: LoopSettings,
+    iteration: int,
+) -> EdgePlan:
+    """Advantages of a scored forest (``leaf_rewards`` ``[L, M]`` in the order of ``names``),
+    the edges' loss weights, and the trained edges after subsampling."""
+    advantages = edge_advantages(
+        forest,
+        leaf_rewards,
+        by_reward(advantage_weights(method, settings), names),
+        method,
+        by_reward(settings.std_floor, names),
+    )
+    weights = edge_weights(
+        forest.edge_child,
+        forest.edge_prompt,
+        forest.leaf_nodes,
+        forest.leaf_prompt,
+        forest.node_parent,
+        settings.edge_weighting,
+    )
+    edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
+    subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
+    edges, weights = subsample_edges(edges, weights, settings.edge_fraction, settings.edge_sampling, subsample_rng)
+    return EdgePlan(advantages, weights, edges)
+
+
 def run_iteration(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
@@ -392,56 +468,28 @@ def run_iteration(
     ``seconds_<phase>`` per phase: rollout, decode, scoring, advantages, update)."""
     began, timer = time.perf_counter(), PhaseTimer(policy.device)
     scorer = rewards if isinstance(rewards, LeafScorer) else LeafScorer(rewards)
-    batch = iteration_prompts(train, settings, iteration)
-    shard = prompt_shard(len(batch), ranks)
-    own = batch.iloc[shard]
-    with timer("rollout"):
-        rollout = sample_prompts(policy, list(own.prompt), shard.start, method, settings, iteration)
-    with timer("decode"):
-        images = leaf_images(policy, rollout, settings)
-    with timer("scoring"):
-        leaf = rollout.leaf_prompt.numpy()
-        scores = scorer(images, *(list(own[column].iloc[leaf]) for column in ("prompt", "text", "color")))
+    scored = sample_and_score(policy, scorer, train, method, settings, iteration, timer, ranks)
+    forest, scores, names = scored.forest, scored.scores, scorer.names
+    leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
     with timer("advantages"):
-        # Group statistics span ranks: every rank computes all advantages on the gathered batch.
-        forest, scores, first_edge = gather_forest(rollout, scores, ranks)
-        names = scorer.names
-        leaf_rewards = torch.tensor(scores[names].to_numpy(), dtype=torch.float32)
-        weights = by_reward(settings.reward_weights, names)
-        advantages = edge_advantages(
-            forest,
-            leaf_rewards,
-            by_reward(advantage_weights(method, settings), names),
-            method,
-            by_reward(settings.std_floor, names),
-        )
-        loss_weights = edge_weights(
-            forest.edge_child,
-            forest.edge_prompt,
-            forest.leaf_nodes,
-            forest.leaf_prompt,
-            forest.node_parent,
-            settings.edge_weighting,
-        )
-        edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
-        subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
-        edges = subsample_edges(edges, settings.edge_fraction, subsample_rng)
+        plan = plan_edges(forest, leaf_rewards, names, method, settings, iteration)
+    advantages, edges = plan.advantages, plan.edges
     with timer("update"):
         rng = np.random.default_rng([settings.seed, iteration, 1])
-        own_advantages = advantages[first_edge : first_edge + len(rollout.edge_child)]
+        first, count = scored.first_edge, len(scored.rollout.edge_child)
         stats = (
             update(
                 policy,
                 optimizer,
-                rollout,
-                own_advantages,
+                scored.rollout,
+                advantages[first : first + count],
                 edges,
                 settings,
                 rng,
                 ema,
                 ranks,
-                first_edge,
-                loss_weights,
+                first,
+                plan.weights,
             )
             if len(edges)
             else {}
@@ -449,17 +497,19 @@ def run_iteration(
     group_std = scores.assign(group=forest.leaf_prompt.numpy()).groupby("group")[names].std(ddof=0)
     row = {
         "iteration": iteration,
+        "prompts": len(forest.prompts),
+        "leaves": len(forest.leaf_nodes),
         "nfe_sampling": forest.nfe,
         "trained_edges": len(edges),
         "edges": len(forest.edge_child),
         "seconds": time.perf_counter() - began,
-        "reward_mixed": float((leaf_rewards @ weights).mean()),
+        "reward_mixed": float((leaf_rewards @ by_reward(settings.reward_weights, names)).mean()),
         "zero_variance_groups": float((group_std.max(axis=1) <= 1e-6).mean()),
         "advantage_mean": advantages[edges].mean().item() if len(edges) else 0.0,
         "advantage_abs_mean": advantages[edges].abs().mean().item() if len(edges) else 0.0,
     }
     row |= step_credit(
-        forest.edge_step[edges], loss_weights[edges], advantages[edges], method.schedule.num_steps
+        forest.edge_step[edges], plan.weights[edges], advantages[edges], method.schedule.num_steps
     )
     row |= {f"seconds_{phase}": seconds for phase, seconds in timer.seconds.items()}
     for name in names:

@@ -92,3 +92,24 @@ class TreeSchedule:
     def nfe_per_prompt(self, guidance_rows: int = 1) -> int:
         """Transformer rows per prompt: one evaluation per node per step (x2 with CFG)."""
         return guidance_rows * sum(self.nodes_per_depth()[:-1])
+
+
+def equal_nfe_prompts(prompts: int, schedule: TreeSchedule, multiple: int = 1) -> int:
+    """Prompts per iteration at which ``schedule``'s rollouts cost the NFE of ``prompts``
+    independent groups with as many leaves (``leaves * num_steps`` evaluations per prompt): a
+    tree spends what its shared prefixes save on more prompts. Rounded to the nearest multiple
+    of ``multiple`` (every rank samples an equal share), at least ``multiple``."""
+    flat = schedule.leaves_per_prompt * schedule.num_steps
+    share = prompts * flat / schedule.nfe_per_prompt() / multiple
+    return max(1, round(share)) * multiple
+
+
+def sde_mean_x_coefficient(sigmas: torch.Tensor, noise_level: float) -> torch.Tensor:
+    """``[S]``: the coefficient ``1 - std_t^2 |dt| / (2 sigma)`` on ``x`` in the mean of a Flow-SDE
+    step at noise level ``a`` on every step of ``sigmas`` ``[S + 1]`` (the first step's
+    ``1 - sigma`` read at ``sigma_next``, as :func:`pipeline.sampling.sde.sde_step_with_logprob`
+    does). At or below 0 the mean flips the sample's sign: the level is too large for the step."""
+    sigma, sigma_next = sigmas[:-1].double(), sigmas[1:].double()
+    denominator = torch.where(sigma >= 1.0, 1.0 - sigma_next, 1.0 - sigma)
+    std_t_squared = noise_level**2 * sigma / denominator
+    return 1 - std_t_squared * (sigma - sigma_next) / (2 * sigma)

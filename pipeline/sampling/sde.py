@@ -72,7 +72,7 @@ def sde_step_with_logprob(
     sample: torch.Tensor,
     sigma: float | torch.Tensor,
     sigma_next: float | torch.Tensor,
-    noise_level: float,
+    noise_level: float | torch.Tensor,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     sde_type: str = "sde",
@@ -84,7 +84,8 @@ def sde_step_with_logprob(
         velocity: ``[B, ...]`` model velocity at ``sample`` (any dtype; computed in float32).
         sample: ``[B, ...]`` current sample ``x_sigma``.
         sigma, sigma_next: scalars or ``[B]``; ``1 >= sigma > sigma_next >= 0``.
-        noise_level: ``a`` above; 0 gives the deterministic Euler step.
+        noise_level: ``a`` above, a scalar or ``[B]`` (a tree's branch steps may be noisier);
+            0 gives the deterministic Euler step. Rows are all deterministic or all not.
         prev_sample: if given, its log-probability is evaluated instead of drawing a sample
             (PPO re-evaluation of a stored transition).
         generator: torch generator for the noise draw.
@@ -97,15 +98,19 @@ def sde_step_with_logprob(
     v, x = velocity.float(), sample.float()
     s, s_next = _per_row(sigma, x), _per_row(sigma_next, x)
     dt = s_next - s
+    a = _per_row(noise_level, x)
+    deterministic = a == 0
+    if deterministic.any() and not deterministic.all():
+        raise ValueError("noise_level: some rows are 0 and some are not (a step is ODE or SDE as a whole)")
     if sde_type == "sde":
         # At sigma = 1 the std's denominator 1 - sigma vanishes; the first step uses
         # 1 - sigma_next instead (Flow-GRPO uses sigmas[1], the same value on that step).
         denominator = torch.where(s >= 1.0, 1.0 - s_next, 1.0 - s)
-        std_t = noise_level * torch.sqrt(s / denominator)
+        std_t = a * torch.sqrt(s / denominator)
         mean = x * (1 + std_t**2 * dt / (2 * s)) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
         std = std_t * torch.sqrt(-dt)
     else:
-        std = s_next * math.sin(noise_level * math.pi / 2)
+        std = s_next * torch.sin(a * math.pi / 2)
         x0_hat, x1_hat = x - s * v, x + (1 - s) * v
         mean = (1 - s_next) * x0_hat + torch.sqrt(torch.clamp(s_next**2 - std**2, min=0.0)) * x1_hat
     if prev_sample is None:
@@ -114,7 +119,7 @@ def sde_step_with_logprob(
         prev_sample = mean + std * noise.float()
     else:
         prev_sample = prev_sample.float()
-    if noise_level == 0:
+    if deterministic.all():
         log_prob = torch.zeros(x.shape[0], device=x.device)
     else:
         log_prob = gaussian_log_prob(prev_sample, mean, std)

@@ -35,7 +35,8 @@ class TreeRollout:
 
     Node arrays ``[N]``: ``node_prompt``, ``node_depth``, ``node_parent`` (-1 for roots).
     Edge arrays ``[E]``: ``edge_parent``, ``edge_child``, ``edge_step``, ``edge_prompt``,
-    ``sigma``, ``sigma_next``, ``log_prob``, ``trainable``; ``latents`` and
+    ``sigma``, ``sigma_next``, ``noise_level`` (the SDE's ``a``, 0 on ODE steps), ``log_prob``,
+    ``trainable``; ``latents`` and
     ``next_latents`` are ``[E, C, H, W]`` float32 on the CPU.
     Leaves ``[L]``: ``leaf_nodes``, ``leaf_prompt``; ``images`` uint8 ``[L, H, W, 3]``.
     ``nfe``: transformer rows evaluated (a guided evaluation counts 2 rows).
@@ -51,6 +52,7 @@ class TreeRollout:
     edge_prompt: torch.Tensor
     sigma: torch.Tensor
     sigma_next: torch.Tensor
+    noise_level: torch.Tensor
     log_prob: torch.Tensor
     trainable: torch.Tensor
     latents: torch.Tensor
@@ -75,6 +77,7 @@ EDGE_FIELDS = (
     "edge_prompt",
     "sigma",
     "sigma_next",
+    "noise_level",
     "log_prob",
     "trainable",
     "latents",
@@ -172,6 +175,7 @@ def sample_tree(
     *,
     guidance: float = 1.0,
     noise_level: float = 0.7,
+    branch_noise_scale: float = 1.0,
     sde_type: str = "sde",
     max_batch: int = 64,
     seed: int | Sequence[int] = 0,
@@ -187,6 +191,8 @@ def sample_tree(
         sigmas: ``[num_steps + 1]`` from 1 to 0.
         guidance: classifier-free guidance scale (1 = off).
         noise_level: SDE noise level ``a`` on stochastic steps.
+        branch_noise_scale: ``a`` is multiplied by this on branching steps (BranchGRPO's
+            noisier splits: the siblings differ more where their comparison is made).
         sde_type: ``"sde"`` or ``"cps"``.
         max_batch: most rows per model call.
         seed: the same seed gives the same tree (noise is drawn on the CPU, in node order);
@@ -221,6 +227,7 @@ def sample_tree(
         if on_step is not None:
             on_step(step)
         factor, stochastic = schedule.factor(step), schedule.is_stochastic(step)
+        level = noise_level * (branch_noise_scale if factor > 1 else 1.0) if stochastic else 0.0
         parents = active.repeat_interleave(factor)
         x_rep, v_rep = x.repeat_interleave(factor, dim=0), v.repeat_interleave(factor, dim=0)
         noise = draw_noise(generators, len(x_rep), x_rep.shape[1:]).to(device) if stochastic else None
@@ -229,7 +236,7 @@ def sample_tree(
             x_rep,
             sigmas[step],
             sigmas[step + 1],
-            noise_level if stochastic else 0.0,
+            level,
             sde_type=sde_type,
             noise=noise,
         )
@@ -244,6 +251,7 @@ def sample_tree(
             ("edge_prompt", node_prompt[parents]),
             ("sigma", sigmas[step].expand(len(parents))),
             ("sigma_next", sigmas[step + 1].expand(len(parents))),
+            ("noise_level", torch.full((len(parents),), float(level))),
             ("log_prob", result.log_prob.cpu()),
             ("trainable", torch.full((len(parents),), stochastic)),
             ("latents", x_rep.float().cpu()),
