@@ -218,10 +218,11 @@ def setup_rewards(setup: str, scores: pd.DataFrame, images: np.ndarray, rng: np.
         return mixed[torch.from_numpy(rng.permutation(len(mixed)))], list(BASE_REWARDS), None
     if setup in BASE_REWARDS:
         return mixed[:, [BASE_REWARDS.index(setup)]], [setup], {setup: 1.0}
-    raise SystemExit(f"--setups: unknown setup {setup!r} (mixed, null, brightness, {', '.join(BASE_REWARDS)})")
+    known = ", ".join(["mixed", "null", "brightness", *BASE_REWARDS])
+    raise SystemExit(f"--setups: unknown setup {setup!r} ({known})")
 
 
-def measure(design: str, raw: dict, extra: list[str], args, train_rows: pd.DataFrame, base: Path) -> list[dict]:
+def measure(design: str, raw: dict, extra: list[str], args, rows: pd.DataFrame, base: Path) -> list[dict]:
     method_name, overrides = DESIGNS[design]
     cfg, params, runtime = design_config(raw, method_name, overrides + extra)
     _, method, settings = run_plan(params, runtime)
@@ -236,12 +237,14 @@ def measure(design: str, raw: dict, extra: list[str], args, train_rows: pd.DataF
         for index in range(args.iterations):
             iteration = 1000 + index  # apart from a training run's draws (iterations 0, 1, ...)
             began, timer = time.perf_counter(), PhaseTimer(policy.device)
-            scored = sample_and_score(policy, scorer, train_rows, method, settings, iteration, timer)
+            scored = sample_and_score(policy, scorer, rows, method, settings, iteration, timer)
             rng = np.random.default_rng([index, 99])
             for setup in setups:
                 leaf_rewards, names, weights = setup_rewards(setup, scored.scores, scored.images, rng)
-                own = settings if weights is None else dataclasses.replace(
-                    settings, reward_weights=weights, z_weights=weights
+                own = (
+                    settings
+                    if weights is None
+                    else dataclasses.replace(settings, reward_weights=weights, z_weights=weights)
                 )
                 plan = plan_edges(scored.forest, leaf_rewards, names, method, own, iteration)
                 update(
@@ -261,13 +264,13 @@ def measure(design: str, raw: dict, extra: list[str], args, train_rows: pd.DataF
             print(f"  {design} iteration {index + 1}/{args.iterations}: {seconds[-1]:.1f} s", flush=True)
     finally:
         scorer.close()
-    rows = []
+    results = []
     per_iteration = statistics.median(seconds)
     for setup in setups:
         gradients = torch.stack(recorders[setup].gradients)
         rho, rho_se = jackknife(gradients, "raw")
         adam, adam_se = jackknife(gradients, "adam")
-        rows.append(
+        results.append(
             {
                 "design": design,
                 "setup": setup,
@@ -284,7 +287,7 @@ def measure(design: str, raw: dict, extra: list[str], args, train_rows: pd.DataF
                 "snr_adam_per_ks": 1000 * adam / (1 - adam) / per_iteration,
             }
         )
-    return rows
+    return results
 
 
 def main() -> int:

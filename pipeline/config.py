@@ -353,7 +353,9 @@ class StudyConfig:
     def method_train(self, method: str) -> TrainConfig:
         """The train config of ``method``'s runs: its own ``reward_weights`` where it states them."""
         weights = self.methods[method].reward_weights
-        return self.train if weights is None else dataclasses.replace(self.train, reward_weights=dict(weights))
+        if weights is None:
+            return self.train
+        return dataclasses.replace(self.train, reward_weights=dict(weights))
 
     def trained_rewards(self) -> list[str]:
         """Every reward some method's training scores (:meth:`TrainConfig.trained_rewards`)."""

@@ -80,7 +80,12 @@ def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodS
         sde_steps=sde_steps,
     )
     return MethodSpec(
-        schedule, method.mixing, method.std_mode, method.renormalize, method.aggregate, method.branch_noise_scale
+        schedule,
+        method.mixing,
+        method.std_mode,
+        method.renormalize,
+        method.aggregate,
+        method.branch_noise_scale,
     )
 
 

@@ -447,8 +447,8 @@ def plan_edges(
         settings.edge_weighting,
     )
     edges = trained_edges(forest, advantages, method.schedule.num_steps, settings.train_last_step)
-    subsample_rng = np.random.default_rng([settings.seed, iteration, 2])
-    edges, weights = subsample_edges(edges, weights, settings.edge_fraction, settings.edge_sampling, subsample_rng)
+    rng = np.random.default_rng([settings.seed, iteration, 2])
+    edges, weights = subsample_edges(edges, weights, settings.edge_fraction, settings.edge_sampling, rng)
     return EdgePlan(advantages, weights, edges)
 
 
