@@ -158,14 +158,18 @@ def comparisons(
     reference: str,
     design: dict[str, tuple[bool, bool]],
     alpha: float,
+    control: str | None = None,
 ) -> pd.DataFrame:
     """Every test of the comparison, one row each: ``measure``, ``comparison`` (``<method> -
-    <reference>``, or a 2x2 effect), ``estimate``, ``se``, ``df``, ``t``, ``p``, ``p_holm``
-    (across all rows), ``significant`` (``p_holm < alpha``) and ``mde`` (the minimum detectable
-    effect at ``alpha`` and :data:`POWER`). ``runs``: one row per run with ``method``, ``seed``
-    and the measures."""
+    <reference>``, a 2x2 effect, or ``<grouping method> - <control>``), ``estimate``, ``se``,
+    ``df``, ``t``, ``p``, ``p_holm`` (across all rows), ``significant`` (``p_holm < alpha``) and
+    ``mde`` (the minimum detectable effect at ``alpha`` and :data:`POWER`). ``runs``: one row
+    per run with ``method``, ``seed`` and the measures. ``control``: a flat mix-then-normalise
+    method whose reward weights are reward grouping's effective ones; it sits outside the 2x2
+    cells, and every flat grouping method is tested against it (grouping, not reweighting)."""
     rows = []
-    effects = two_by_two(design)
+    effects = two_by_two({m: cell for m, cell in design.items() if m != control})
+    grouped_flat = [m for m, (tree, grouping) in design.items() if grouping and not tree]
     for measure in [m for m in measures if m in runs]:
         table = runs.pivot_table(index="seed", columns="method", values=measure, aggfunc="first")
         fit = block_fit(table)
@@ -176,6 +180,8 @@ def comparisons(
         }
         if effects and all(m in table.columns for c in effects.values() for m in c):
             tests |= {f"2x2 {name}": c for name, c in effects.items()}
+        if control in table.columns:
+            tests |= {f"{m} - {control}": {m: 1.0, control: -1.0} for m in grouped_flat if m in table.columns}
         for name, coefficients in tests.items():
             result = contrast(fit, coefficients)
             result["mde"] = minimum_detectable_effect(result["se"], fit.df, alpha) if fit.df else np.nan

@@ -310,6 +310,7 @@ class MethodConfig:
     aggregate: str
     branch_noise_scale: float
     reward_weights: dict | None
+    inverse_std_weights: bool
 
 
 @dataclass(frozen=True)
@@ -492,6 +493,12 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
         )
     for name, method in methods.items():
         _check_method(name, method, cfg.sampling.train_steps, cfg.train.sde_steps, source)
+        if method.inverse_std_weights and cfg.model.backend != "mini":
+            raise ConfigError(
+                f"{source}: config key 'methods.{name}.inverse_std_weights' needs the base model card, "
+                f"which only the mini backend has (model.backend is {cfg.model.backend!r}); state "
+                f"methods.{name}.reward_weights instead"
+            )
     _check_study(cfg, source)
     if check_paths:
         for key, path in input_paths(cfg).items():
@@ -563,6 +570,13 @@ def _check_study(cfg: StudyConfig, source: str) -> None:
 
 def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, source: str) -> None:
     key = f"methods.{name}"
+    if method.inverse_std_weights and (
+        method.reward_weights is not None or method.mixing != "mix_then_normalize"
+    ):
+        raise ConfigError(
+            f"{source}: config key '{key}.inverse_std_weights' sets mix_then_normalize's reward weights: it "
+            f"takes mixing mix_then_normalize (not {method.mixing!r}) and no {key}.reward_weights"
+        )
     if len(method.branch_steps) != len(method.branch_factors):
         raise ConfigError(
             f"{source}: config key {key!r}: {len(method.branch_steps)} branch_steps but "

@@ -48,7 +48,10 @@ from pipeline.report_tables import (
 from pipeline.rewards import REWARDS
 from pipeline.seeds import method_table, run_table
 
-MEASURES = ["B", "W"]
+# The balanced gain and worst reward (each reward in units of its spread), and the gain in
+# flow_grpo's own objective, the mixed reward: B counts each reward's z once, which is what
+# reward grouping optimises, so a verdict on B alone would favour the grouped arms.
+MEASURES = ["B", "W", "mixed_gain"]
 
 
 def pairs(items: list[str], flag: str) -> dict[str, Path]:
@@ -97,13 +100,22 @@ def method_design(methods: dict) -> dict[str, tuple[bool, bool]]:
     }
 
 
+def grouping_control(methods: dict) -> str | None:
+    """The flat method weighted by 1 / each reward's spread (``inverse_std_weights``), if any."""
+    controls = [
+        name for name, m in methods.items() if m.get("inverse_std_weights") and not m.get("branch_steps")
+    ]
+    return controls[0] if controls else None
+
+
 def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd.DataFrame]]:
     """The comparison's reading views and verdict (:func:`report_sections`), and its CSV tables."""
     report, design = raw["report"], method_design(raw.get("methods", {}))
+    control = grouping_control(raw.get("methods", {}))
     final = runs[runs.checkpoint == "final"] if len(runs) else runs
     methods = with_training_nfe(method_table(final), final) if len(final) else pd.DataFrame()
     tests = (
-        comparisons(final, MEASURES, report["reference_method"], design, report["alpha"])
+        comparisons(final, MEASURES, report["reference_method"], design, report["alpha"], control)
         if len(final)
         else pd.DataFrame()
     )
@@ -120,7 +132,9 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
         flat = {m for m, (tree, _) in design.items() if not tree}
         chosen = runs[runs.method.isin(flat) == (runs.checkpoint == "equal_nfe")]
         equal = with_training_nfe(method_table(chosen), chosen)
-        equal_tests = comparisons(chosen, MEASURES, report["reference_method"], design, report["alpha"])
+        equal_tests = comparisons(
+            chosen, MEASURES, report["reference_method"], design, report["alpha"], control
+        )
         view |= {"equal_methods": equal, "equal_tests": equal_tests, "equal_reference": reference}
     else:
         equal_tests = pd.DataFrame()

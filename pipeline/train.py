@@ -148,13 +148,37 @@ def run_config(raw: dict, runtime: dict) -> TrainConfig:
     return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
 
 
-def run_plan(raw: dict, runtime: dict) -> tuple[TrainConfig, MethodSpec, LoopSettings]:
-    """The run's train config (with the method's own ``reward_weights`` where it states them),
-    its method and the trainer's settings (with ``equal_sampling_nfe``, the prompts per
-    iteration that give the method's rollouts a flat group's NFE)."""
+def inverse_std_weights(card: dict, names: list[str], source: Path) -> dict[str, float]:
+    """``{reward: 1 / its mean within-group std}`` from a base model card's ``figures.json``
+    (``card``, read from ``source``): the weights that count each reward's spread once."""
+    groups = card.get("sde_groups", {})
+    weights = {}
+    for name in names:
+        std = float(groups.get(f"{name}_group_std", 0.0))
+        if not std > 0:
+            raise SystemExit(
+                f"{source}: reward {name!r} has no within-group std on the base model card ({std}); "
+                "inverse_std_weights cannot weigh it (drop it from train.reward_weights)"
+            )
+        weights[name] = round(1.0 / std, 6)
+    return weights
+
+
+def run_plan(
+    raw: dict, runtime: dict, card: Path | None = None
+) -> tuple[TrainConfig, MethodSpec, LoopSettings]:
+    """The run's train config (with the method's own ``reward_weights`` where it states them,
+    or with ``inverse_std_weights`` those of the base model card at ``card``), its method and
+    the trainer's settings (with ``equal_sampling_nfe``, the prompts per iteration that give
+    the method's rollouts a flat group's NFE)."""
     cfg, method_config = run_config(raw, runtime), MethodConfig(**raw["method"])
     if method_config.reward_weights is not None:
         cfg = dataclasses.replace(cfg, reward_weights=dict(method_config.reward_weights))
+    if method_config.inverse_std_weights:
+        if card is None or not card.is_file():
+            raise SystemExit(f"inverse_std_weights needs the base model card's figures.json (--card {card})")
+        weights = inverse_std_weights(json.loads(card.read_text()), cfg.trained_rewards(), card)
+        cfg = dataclasses.replace(cfg, reward_weights=weights)
     sampling = raw["sampling"]
     method = method_spec(method_config, sampling["train_steps"], cfg.sde_steps)
     settings = loop_settings(cfg, sampling)
@@ -189,13 +213,21 @@ def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch
 
 
 def train(
-    policy, train_split: pd.DataFrame, raw: dict, runtime: dict, out_dir: Path, run, ranks: Ranks = SINGLE
+    policy,
+    train_split: pd.DataFrame,
+    raw: dict,
+    runtime: dict,
+    out_dir: Path,
+    run,
+    ranks: Ranks = SINGLE,
+    card: Path | None = None,
 ) -> dict:
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
-    cfg, _, _ = run_plan(raw, runtime)
+    plan = run_plan(raw, runtime, card)
+    cfg = plan[0]
     scorer = rollout_scorer(cfg.trained_rewards(), raw["rewards"], cfg.score_workers, policy.device)
     try:
-        return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer)
+        return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer, plan)
     finally:
         scorer.close()
 
@@ -209,8 +241,9 @@ def _train_loop(
     run,
     ranks: Ranks,
     scorer: LeafScorer,
+    plan: tuple[TrainConfig, MethodSpec, LoopSettings],
 ) -> dict:
-    cfg, method, settings = run_plan(raw, runtime)
+    cfg, method, settings = plan
     parameters = policy.trainable_parameters()
     distributed.broadcast_parameters(parameters, ranks)  # before the EMA copies them
     optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -304,6 +337,9 @@ def _train_loop(
         "cut_short": len(history) < cfg.iterations,
         "train_seconds": round(time.perf_counter() - began, 1),
         "nfe_cumulative": cumulative,
+        "prompts_per_iteration": settings.prompts_per_iteration,
+        "leaves_per_prompt": method.schedule.leaves_per_prompt,
+        "reward_weights": settings.reward_weights,
         "history": history,
         "probes": probes,
     }
@@ -367,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-json", required=True, help="guards, workers, layout, probe")
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument(
+        "--card", type=Path, default=None, help="base model card figures (inverse_std_weights)"
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads of the job (shared by its processes)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
@@ -375,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw, runtime = json.loads(args.config_json), json.loads(args.runtime_json)
-    model, (cfg, method, settings) = raw["model"], run_plan(raw, runtime)
+    model, (cfg, method, settings) = raw["model"], run_plan(raw, runtime, args.card)
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
     check_branch_noise(method, raw)
@@ -409,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             else contextlib.nullcontext(tracking.StageRun())
         )
         with tracked as run:
-            info = train(policy, pd.read_parquet(args.train), raw, runtime, args.out_dir, run, ranks)
+            info = train(
+                policy, pd.read_parquet(args.train), raw, runtime, args.out_dir, run, ranks, args.card
+            )
             if ranks.is_main:
                 write_outputs(args.out_dir, policy, info | {"method": args.method})
     finally:

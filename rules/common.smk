@@ -110,6 +110,18 @@ def output_dir(wildcards, output):
     return str(Path(output[0]).parent)
 
 
+def train_card(wildcards):
+    """The base model card's figures, for a method that weighs rewards by its spreads."""
+    if CFG.methods[wildcards.method].inverse_std_weights:
+        return f"{BASE_DIR}/card/figures.json"
+    return []
+
+
+def card_flag(wildcards, input):
+    """``--card FILE`` for a method with ``inverse_std_weights``."""
+    return shell_flags(("--card", input.card)) if input.card else ""
+
+
 def vocab_flag(wildcards, input):
     """``--vocab FILE`` where the study's prompts come from the generator."""
     return shell_flags(("--vocab", input.vocab)) if "vocab" in input.keys() else ""

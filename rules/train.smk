@@ -4,6 +4,7 @@ rule train:
     input:
         train=f"{DATASET_DIR}/train.parquet",
         base=base_model_files,
+        card=train_card,
         code=stage_sources("train"),
         mlflow=MLFLOW_RECORD,
     output:
@@ -28,12 +29,13 @@ rule train:
         cfg=train_params,
         runtime=runtime_json(stage_json.train_runtime),
         base_dir=base_model_dir(),
+        card=card_flag,
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
         GPU_SLOTS
         + "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
         "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
-        "--out-dir {params.out_dir:q} "
+        "--out-dir {params.out_dir:q} {params.card} "
         "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
         "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
