@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.learning_settings import evaluate, overridden  # noqa: E402
-from pipeline import config  # noqa: E402
-from pipeline.model_card import group_figures  # noqa: E402
+from pipeline import config, stage_params  # noqa: E402
+from pipeline.group_spreads import group_figures  # noqa: E402
 from pipeline.models.mini import MiniPolicy, load_mini, save_mini  # noqa: E402
 from pipeline.pretrain import build_model, train  # noqa: E402
 from pipeline.report_tables import per_image_table  # noqa: E402
@@ -68,12 +68,13 @@ def pretrain_to(cfg: config.StudyConfig, seed: int, steps: int, work: Path) -> N
 
 def group_spread_of(cfg: config.StudyConfig, model_dir: Path) -> dict[str, float]:
     """Each trained reward's mean within-group std and share of groups with spread, under the
-    training sampler (:func:`pipeline.model_card.group_figures`)."""
+    training sampler (:func:`pipeline.group_spreads.group_figures`)."""
     test = pd.read_parquet(f"datasets/{cfg.dataset.name}/test.parquet")
     names = list(cfg.rewards.score)
     rollout = {"guidance": cfg.train.guidance, "sde_steps": cfg.train.sde_steps}
     policy = MiniPolicy(load_mini(model_dir), trainable=False)
-    figures = group_figures(policy, test, cfg.sampling, cfg.card, names, cfg.rewards.settings(), rollout)
+    sampling = stage_params.group_spreads_params(cfg)["sampling"]
+    figures = group_figures(policy, test, sampling, cfg.card, names, cfg.rewards.settings(), rollout)
     return {k: v for k, v in figures.items() if k.endswith(("_group_std", "_groups_with_spread"))}
 
 

@@ -24,8 +24,8 @@ With ``g_b = mu + n_b`` (shared signal plus independent noise) it prints:
   different iterations' gradients over their mean squared norm (unbiased numerator: the null
   reads zero in expectation, where a mean cosine cannot go negative);
 - ``rho_adam``: the same for the update Adam would take, each coordinate divided by the root
-  mean square of the *other* iterations' gradients there (leave-the-pair-out second moments, so
-  that the null still reads zero): signal in few parameters, which Adam's scaling picks out;
+  mean square of the iterations' gradients there (:func:`pair_products`): signal in few
+  parameters, which Adam's scaling picks out;
 - ``SE``: jackknife standard errors over iterations (pairs share iterations, so the pairs are
   not independent; the old per-batch SE undercounted by about 1.6x at 6 iterations);
 - ``s/it``: median seconds of one training iteration (rollout, decode, scoring, advantages and
@@ -154,27 +154,20 @@ class GradientRecorder:
 def pair_products(gradients: torch.Tensor, metric: str) -> torch.Tensor:
     """``[B, B]`` inner products of the rows of ``gradients`` ``[B, D]``.
 
-    ``raw``: ``<g_i, g_j>``. ``adam``: ``<u_i, u_j>`` with ``u = g / sqrt(v)``, where ``v`` is
-    the mean square of the rows other than ``i`` and ``j`` (other than ``i`` on the diagonal),
-    coordinates where it is 0 left out: Adam's update direction, with second moments that
-    are independent of the pair, so that independent zero-mean rows give zero in expectation.
+    ``raw``: ``<g_i, g_j>``. ``adam``: ``<u_i, u_j>`` with ``u = g / sqrt(v)``, ``v`` the mean
+    square of the ``B`` rows at each coordinate (coordinates where it is 0 left out): the
+    direction of Adam's update, whose second moments include the step's own gradient. Every
+    term is bounded (``|u_i u_j| <= B / 2``); with second moments from the *other* rows only,
+    a coordinate where they happen to be small blows the product up (infinite variance for
+    fewer than 6 other rows). A zero-mean gradient whose sign is as likely flipped reads zero.
     """
-    if metric == "raw":
-        g = gradients.double()
-        return g @ g.T
-    if metric != "adam":
+    if metric not in ("raw", "adam"):
         raise ValueError(f"metric {metric!r}: expected 'raw' or 'adam'")
-    count = len(gradients)
-    squares = gradients.double() ** 2
-    total = squares.sum(dim=0)
-    products = torch.zeros(count, count, dtype=torch.float64)
-    for i in range(count):
-        for j in range(i, count):
-            others = total - squares[i] - (squares[j] if j != i else 0)
-            v = others / (count - (2 if j != i else 1))
-            inverse = torch.where(v > 0, 1 / v.clamp(min=1e-300), torch.zeros_like(v))
-            products[i, j] = products[j, i] = (gradients[i].double() * gradients[j].double() * inverse).sum()
-    return products
+    g = gradients.double()
+    if metric == "adam":
+        v = (g**2).mean(dim=0)
+        g = torch.where(v > 0, g / v.sqrt().clamp(min=1e-300), torch.zeros_like(g))
+    return g @ g.T
 
 
 def signal_share(products: torch.Tensor) -> float:

@@ -1,15 +1,15 @@
 """Stage ``base_model_card``: evaluate the pretrained mini base model and write its card.
 
-    python -m pipeline.model_card --model-dir DIR/model --train-info DIR/train_info.json \
-        --test test.parquet --samples eval/base/samples.parquet --rewards eval/base/rewards.parquet \
-        [--vocab vocab.json] --config-json '{...}' --out-dir DIR/card
+    python -m pipeline.model_card --train-info DIR/train_info.json --test test.parquet \
+        --samples eval/base/samples.parquet --rewards eval/base/rewards.parquet \
+        --spreads DIR/card/group_spreads.json [--vocab vocab.json] --config-json '{...}' --out-dir DIR/card
 
 Reports the base model's test-split scores from its evaluation (the ``sample_eval`` and
 ``score`` stages' outputs for the model ``base``: the evaluation's ODE sampler, not sampled
 again here) — OCR reward and exact match, colour reward and accuracy, quality — split by seen
-and held-out words where the vocabulary is given, and measures what RL will have to work with:
-SDE groups under the training sampler (the rollouts' steps, noise, guidance and SDE window,
-several samples per prompt), with each reward's mean within-group std (the unit of the
+and held-out words where the vocabulary is given, and what RL will have to work with: the SDE
+groups under the training sampler measured by the ``base_group_spreads`` stage
+(:mod:`pipeline.group_spreads`), each reward's mean within-group std (the unit of the
 report's standardised gains) and share of groups with spread.
 Writes ``README.md`` (the card), ``figures.json`` and ``samples.png``.
 """
@@ -26,20 +26,11 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import io, tracking
-from pipeline.config import CardConfig, RewardsConfig, SamplingConfig
-from pipeline.evaluation import group_spread, score_images
+from pipeline.config import SamplingConfig
+from pipeline.group_spreads import summarise
 from pipeline.images import image_grid
-from pipeline.models.mini import MiniPolicy, load_mini
-from pipeline.progress import Progress
 from pipeline.report_tables import metric_label, per_image_table, reward_metrics
-from pipeline.rewards import REWARDS, build_rewards
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
-from pipeline.sampling.tree import sample_tree
-
-
-def summarise(scores: pd.DataFrame) -> dict[str, float]:
-    """Mean of every reward column, with exact match and colour accuracy as rates."""
-    return {column: round(float(scores[column].mean()), 4) for column in scores.columns}
+from pipeline.rewards import REWARDS
 
 
 def test_figures(samples: pd.DataFrame, rewards: pd.DataFrame, heldout: set[str]) -> dict:
@@ -57,55 +48,6 @@ def test_figures(samples: pd.DataFrame, rewards: pd.DataFrame, heldout: set[str]
         figures["test_ode_seen_words"] = summarise(scores[~unseen])
         figures["test_ode_heldout_words"] = summarise(scores[unseen]) if unseen.any() else {}
     return figures
-
-
-def group_figures(
-    policy: MiniPolicy,
-    test: pd.DataFrame,
-    sampling: SamplingConfig,
-    card: CardConfig,
-    reward_names: list[str],
-    reward_settings: dict,
-    rollout: dict,
-) -> dict:
-    """SDE groups of the first test prompts under the training sampler (``rollout``: the
-    rollouts' ``guidance`` and ``sde_steps``): each reward's mean, mean within-group std and
-    share of groups with spread."""
-    rewards = build_rewards(reward_names, reward_settings)
-    prompts, texts, colors = list(test.prompt), list(test.text), list(test.color)
-    n = min(card.group_prompts, len(test))
-    schedule = TreeSchedule(
-        num_steps=sampling.train_steps, roots=card.group_size, between="sde", sde_steps=rollout["sde_steps"]
-    )
-    with Progress("base_model_card SDE groups", sampling.train_steps, "step") as progress:
-        groups = sample_tree(
-            policy,
-            prompts[:n],
-            schedule,
-            flow_sigmas(sampling.train_steps, sampling.shift),
-            guidance=rollout["guidance"],
-            noise_level=sampling.noise_level,
-            sde_type=sampling.sde_type,
-            max_batch=sampling.max_batch,
-            seed=card.seed + 1,
-            on_step=lambda step: progress.advance(),
-        )
-    prompt_of_leaf = groups.leaf_prompt.numpy()
-    group_scores = score_images(
-        rewards,
-        groups.images,
-        [prompts[i] for i in prompt_of_leaf],
-        [texts[i] for i in prompt_of_leaf],
-        [colors[i] for i in prompt_of_leaf],
-    )
-    return {
-        "prompts": n,
-        "group_size": card.group_size,
-        "guidance": rollout["guidance"],
-        "sde_steps": rollout["sde_steps"],
-        **summarise(group_scores),
-        **group_spread(group_scores, prompt_of_leaf, list(rewards)),
-    }
 
 
 def first_images(samples: pd.DataFrame, root: Path, count: int) -> np.ndarray:
@@ -256,35 +198,25 @@ def render_card(figures: dict, info: dict, sampling: SamplingConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--train-info", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--samples", type=Path, required=True, help="the base model's samples.parquet")
     parser.add_argument("--rewards", type=Path, required=True, help="the base model's rewards.parquet")
+    parser.add_argument("--spreads", type=Path, required=True, help="the base_group_spreads stage's JSON")
     parser.add_argument("--vocab", type=Path, default=None)
-    parser.add_argument("--config-json", required=True, help='{"sampling": ..., "rewards": ..., "card": ...}')
+    parser.add_argument("--config-json", required=True, help='{"sampling": ...}')
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=0)
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
     raw = json.loads(args.config_json)
-    sampling, card = SamplingConfig(**raw["sampling"]), CardConfig(**raw["card"])
-    reward_names = list(raw["rewards"]["score"])
-    settings = RewardsConfig().settings() | {k: v for k, v in raw["rewards"].items() if k != "score"}
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    sampling = SamplingConfig(**raw["sampling"])
     info = json.loads(args.train_info.read_text())
     heldout = set(json.loads(args.vocab.read_text())["heldout_words"]) if args.vocab else set()
-    policy = MiniPolicy(load_mini(args.model_dir), trainable=False)
     with tracking.stage_run(args, raw) as run:
         samples = pd.read_parquet(args.samples)
         figures = test_figures(samples, pd.read_parquet(args.rewards), heldout)
-        figures["sde_groups"] = group_figures(
-            policy, pd.read_parquet(args.test), sampling, card, reward_names, settings, raw["rollout"]
-        )
+        figures["sde_groups"] = json.loads(args.spreads.read_text())
         figures |= {
             "train_steps": info["steps"],
             "train_seconds": info["train_seconds"],

@@ -46,7 +46,7 @@ from pipeline.report_tables import (
     trend_table,
 )
 from pipeline.rewards import REWARDS
-from pipeline.seeds import method_table, run_table
+from pipeline.seeds import EQUAL_NFE_SUFFIX, method_table, run_table
 
 # The balanced gain and worst reward (each reward in units of its spread), and the gain in
 # flow_grpo's own objective, the mixed reward: B counts each reward's z once, which is what
@@ -113,7 +113,7 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
     report, design = raw["report"], method_design(raw.get("methods", {}))
     control = grouping_control(raw.get("methods", {}))
     final = runs[runs.checkpoint == "final"] if len(runs) else runs
-    methods = with_training_nfe(method_table(final), final) if len(final) else pd.DataFrame()
+    methods = with_budget(method_table(final), final) if len(final) else pd.DataFrame()
     tests = (
         comparisons(final, MEASURES, report["reference_method"], design, report["alpha"], control)
         if len(final)
@@ -131,7 +131,7 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
     if reference and len(runs) and (runs.checkpoint == "equal_nfe").any():
         flat = {m for m, (tree, _) in design.items() if not tree}
         chosen = runs[runs.method.isin(flat) == (runs.checkpoint == "equal_nfe")]
-        equal = with_training_nfe(method_table(chosen), chosen)
+        equal = with_budget(method_table(chosen), chosen)
         equal_tests = comparisons(
             chosen, MEASURES, report["reference_method"], design, report["alpha"], control
         )
@@ -142,12 +142,32 @@ def comparison_tables(runs: pd.DataFrame, raw: dict) -> tuple[dict, dict[str, pd
     return view, tables
 
 
-def with_training_nfe(methods: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """``methods`` with each method's mean training NFE over its ``runs``."""
-    if "training_nfe" in runs:
-        nfe = runs.groupby("method")["training_nfe"].mean()
-        methods["training_nfe"] = nfe.reindex(methods.method).to_numpy()
+BUDGET = ("training_nfe", "leaves_per_iteration", "sampling_nfe_per_iteration")
+
+
+def with_budget(methods: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """``methods`` with each method's mean over its ``runs`` of what it spent: the training NFE,
+    and the leaves and sampling NFE of one iteration (equal across arms by reinvestment)."""
+    for column in [c for c in BUDGET if c in runs]:
+        spent = runs.groupby("method")[column].mean()
+        methods[column] = spent.reindex(methods.method).to_numpy()
     return methods
+
+
+def rollout_budget(runs: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``runs`` with each run's median leaves and sampling NFE per iteration (from its trained
+    run's metrics; NaN where the metrics predate the ``leaves`` column)."""
+    runs = runs.copy()
+    for column, source in (
+        ("leaves_per_iteration", "leaves"),
+        ("sampling_nfe_per_iteration", "nfe_sampling"),
+    ):
+        values = []
+        for run in runs.run:
+            table = metrics.get(run.removesuffix(EQUAL_NFE_SUFFIX), pd.DataFrame())
+            values.append(float(table[source].median()) if source in table and len(table) else np.nan)
+        runs[column] = values
+    return runs
 
 
 def training_nfe(runs: pd.DataFrame, infos: dict[str, dict], samples: dict[str, pd.DataFrame]) -> list[float]:
@@ -201,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_table(paired, standardised, stability, weights)
         if len(runs):
             runs["training_nfe"] = training_nfe(runs, infos, samples)
+            runs = rollout_budget(runs, metrics)
         comparison, csv_tables = comparison_tables(runs, raw)
         comparison["spreads"] = spread_text
         curves = {r: png_bytes(curve_figure(metrics, probes, r)) for r in reward_names} if metrics else {}

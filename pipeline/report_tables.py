@@ -157,8 +157,13 @@ def method_summary(methods: pd.DataFrame, rewards: list[str]) -> pd.DataFrame:
     rows = []
     for _, row in methods.iterrows():
         out = {"method": row["method"], "seeds": int(row["seeds"])}
-        if "training_nfe" in row and np.isfinite(row["training_nfe"]):
-            out["training NFE"] = f"{row['training_nfe']:,.0f}"
+        for column, label in (
+            ("leaves_per_iteration", "leaves / iteration"),
+            ("sampling_nfe_per_iteration", "sampling NFE / iteration"),
+            ("training_nfe", "training NFE"),
+        ):
+            if column in row and np.isfinite(row[column]):
+                out[label] = f"{row[column]:,.0f}"
         out["balanced gain B"] = cell(row, "B")
         out["worst reward W"] = cell(row, "W")
         for name in rewards:

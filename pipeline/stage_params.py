@@ -123,10 +123,15 @@ def score_params(cfg: StudyConfig) -> dict:
 
 
 def card_params(cfg: StudyConfig) -> dict:
-    """The base model card: the test scores it quotes and its SDE groups under the training
-    sampler (the rollouts' guidance and SDE window)."""
+    """The base model card: the sampler settings it quotes beside its figures."""
+    return {"sampling": dataclasses.asdict(cfg.sampling)}
+
+
+def group_spreads_params(cfg: StudyConfig) -> dict:
+    """The base model's SDE groups under the training sampler: the rollouts' sampling keys,
+    guidance and SDE window, the scored rewards and the groups' size and seed."""
     return {
-        "sampling": dataclasses.asdict(cfg.sampling),
+        "sampling": _pick(cfg.sampling, ROLLOUT_SAMPLING_KEYS),
         "rewards": {"score": list(cfg.rewards.score), **reward_settings(cfg, cfg.rewards.score)},
         "card": dataclasses.asdict(cfg.card),
         "rollout": _pick(cfg.train, ("guidance", "sde_steps")),

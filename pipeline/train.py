@@ -148,19 +148,18 @@ def run_config(raw: dict, runtime: dict) -> TrainConfig:
     return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
 
 
-def inverse_std_weights(card: dict, names: list[str], source: Path) -> dict[str, float]:
-    """``{reward: 1 / its mean within-group std}`` from a base model card's ``figures.json``
-    (``card``, read from ``source``): the weights that count each reward's spread once."""
-    groups = card.get("sde_groups", {})
-    weights = {}
-    for name in names:
-        std = float(groups.get(f"{name}_group_std", 0.0))
-        if not std > 0:
-            raise SystemExit(
-                f"{source}: reward {name!r} has no within-group std on the base model card ({std}); "
-                "inverse_std_weights cannot weigh it (drop it from train.reward_weights)"
-            )
-        weights[name] = round(1.0 / std, 6)
+def inverse_std_weights(spreads: dict, names: list[str], source: Path) -> dict[str, float]:
+    """``{reward: 1 / its mean within-group std}`` from the base model's group spreads
+    (``spreads``, the ``base_group_spreads`` stage's JSON read from ``source``): the weights that
+    count each reward's spread once, as the report's B does. A reward with no spread gets weight
+    0, as B leaves it out."""
+    found = {name: float(spreads.get(f"{name}_group_std", 0.0)) for name in names}
+    weights = {name: round(1.0 / std, 6) if std > 0 else 0.0 for name, std in found.items()}
+    if not any(weights.values()):
+        raise SystemExit(
+            f"{source}: no trained reward ({', '.join(names)}) has a within-group spread at the base "
+            "model, so inverse_std_weights leaves nothing to train"
+        )
     return weights
 
 
@@ -168,7 +167,7 @@ def run_plan(
     raw: dict, runtime: dict, card: Path | None = None
 ) -> tuple[TrainConfig, MethodSpec, LoopSettings]:
     """The run's train config (with the method's own ``reward_weights`` where it states them,
-    or with ``inverse_std_weights`` those of the base model card at ``card``), its method and
+    or with ``inverse_std_weights`` those of the base model's group spreads at ``card``), its method and
     the trainer's settings (with ``equal_sampling_nfe``, the prompts per iteration that give
     the method's rollouts a flat group's NFE)."""
     cfg, method_config = run_config(raw, runtime), MethodConfig(**raw["method"])
@@ -176,7 +175,7 @@ def run_plan(
         cfg = dataclasses.replace(cfg, reward_weights=dict(method_config.reward_weights))
     if method_config.inverse_std_weights:
         if card is None or not card.is_file():
-            raise SystemExit(f"inverse_std_weights needs the base model card's figures.json (--card {card})")
+            raise SystemExit(f"inverse_std_weights needs the base model's group spreads (--card {card})")
         weights = inverse_std_weights(json.loads(card.read_text()), cfg.trained_rewards(), card)
         cfg = dataclasses.replace(cfg, reward_weights=weights)
     sampling = raw["sampling"]

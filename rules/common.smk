@@ -59,6 +59,8 @@ SPLITS = ("train", "test")
 
 
 BASE_DIR = f"{RESULTS}/base_model"
+# The base model's within-group reward spreads under the training sampler (base_group_spreads).
+SPREADS = f"{BASE_DIR}/card/group_spreads.json"
 
 # Every job that may use a GPU starts through the slot allocator (pipeline.gpu_slots): it
 # takes resources.gpu devices no other running job holds and pins the job to them.
@@ -113,7 +115,7 @@ def output_dir(wildcards, output):
 def train_card(wildcards):
     """The base model card's figures, for a method that weighs rewards by its spreads."""
     if CFG.methods[wildcards.method].inverse_std_weights:
-        return f"{BASE_DIR}/card/figures.json"
+        return SPREADS
     return []
 
 
@@ -231,10 +233,9 @@ def report_flags(wildcards, input):
 
 
 def card_eval_inputs(wildcards):
-    """The base model card's inputs: the model, the test split, the base model's evaluation
-    samples and scores (not sampled again), the vocabulary if any."""
+    """The base model card's inputs: the base model's training record, the test split, its
+    evaluation samples and scores (not sampled again), the vocabulary if any."""
     inputs = {
-        "model": f"{BASE_DIR}/model/model.safetensors",
         "info": f"{BASE_DIR}/train_info.json",
         "test": f"{DATASET_DIR}/test.parquet",
         "samples": f"{RESULTS}/eval/base/samples.parquet",

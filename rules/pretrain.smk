@@ -31,11 +31,43 @@ rule pretrain_base:
         "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
 
 
+rule base_group_spreads:
+    """The base model's SDE groups under the training sampler: each reward's within-group spread
+    (the report's unit of z, and the control arm's weights)."""
+    input:
+        model=f"{BASE_DIR}/model/model.safetensors",
+        test=f"{DATASET_DIR}/test.parquet",
+        code=stage_sources("group_spreads"),
+        mlflow=MLFLOW_RECORD,
+    output:
+        spreads=SPREADS,
+        run_id=f"{BASE_DIR}/card/group_spreads_mlflow_run_id.txt",
+    log:
+        f"{RESULTS}/logs/base_group_spreads.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/base_group_spreads.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        cfg=config_json("group_spreads"),
+        model_dir=lambda wildcards, input: str(Path(input.model).parent),
+    shell:
+        GPU_SLOTS
+        + "python -u -m pipeline.group_spreads --model-dir {params.model_dir:q} --test {input.test:q} "
+        "--config-json {params.cfg:q} --out {output.spreads:q} --threads {threads} "
+        "--mlflow-record {input.mlflow:q} --rule base_group_spreads --run-id-file {output.run_id:q} "
+        "> {log:q} 2>&1"
+
+
 rule base_model_card:
     """The base model's card: its test scores (from its evaluation) and its SDE group spread under
     the training sampler."""
     input:
         unpack(card_eval_inputs),
+        spreads=SPREADS,
         code=stage_sources("model_card"),
         mlflow=MLFLOW_RECORD,
     output:
@@ -49,18 +81,14 @@ rule base_model_card:
         f"{RESULTS}/benchmarks/base_model_card.tsv"
     conda:
         "../envs/pipeline.yaml"
-    threads: 2
-    resources:
-        gpu=1,
+    threads: 1
     params:
         cfg=config_json("card"),
         out_dir=output_dir,
-        model_dir=lambda wildcards, input: str(Path(input.model).parent),
         vocab=vocab_flag,
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.model_card --model-dir {params.model_dir:q} --train-info {input.info:q} "
-        "--test {input.test:q} --samples {input.samples:q} --rewards {input.rewards:q} {params.vocab} "
+        "python -u -m pipeline.model_card --train-info {input.info:q} --test {input.test:q} "
+        "--samples {input.samples:q} --rewards {input.rewards:q} --spreads {input.spreads:q} {params.vocab} "
         "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
-        "--threads {threads} --mlflow-record {input.mlflow:q} --rule base_model_card "
+        "--mlflow-record {input.mlflow:q} --rule base_model_card "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"

@@ -17,6 +17,7 @@ STAGES = (
     "curate_captions",
     "dataset_card",
     "pretrain",
+    "group_spreads",
     "model_card",
     "train",
     "sample_eval",

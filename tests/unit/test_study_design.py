@@ -127,10 +127,15 @@ def test_a_methods_own_reward_weights_and_the_card_weights(tmp_path):
         json.dumps({"sde_groups": {"ocr_group_std": 0.25, "color_group_std": 0.1, "quality_group_std": 0.5}})
     )
     assert _plan(raw, "control", card)[2].reward_weights == {"ocr": 4.0, "color": 10.0, "quality": 2.0}
-    assert inverse_std_weights({"sde_groups": {"ocr_group_std": 0.5}}, ["ocr"], card) == {"ocr": 2.0}
-    with pytest.raises(SystemExit, match="reward 'color' has no within-group std"):
-        inverse_std_weights({"sde_groups": {"ocr_group_std": 0.5}}, ["ocr", "color"], card)
-    with pytest.raises(SystemExit, match="needs the base model card"):
+    assert inverse_std_weights({"ocr_group_std": 0.5}, ["ocr"], card) == {"ocr": 2.0}
+    # A reward without spread is left out, as B leaves it out; with none, nothing is trained.
+    assert inverse_std_weights({"ocr_group_std": 0.5}, ["ocr", "color"], card) == {
+        "ocr": 2.0,
+        "color": 0.0,
+    }
+    with pytest.raises(SystemExit, match="no trained reward \\(ocr, color\\) has a within-group spread"):
+        inverse_std_weights({"ocr_group_std": 0.0}, ["ocr", "color"], card)
+    with pytest.raises(SystemExit, match="needs the base model's group spreads"):
         _plan(raw, "control")
 
 

@@ -116,9 +116,9 @@ def test_mini_gpu_config_plans_six_seeds_of_every_method(tmp_path):
     )
     assert {rule: jobs[rule] for rule in ("pretrain_base", "train", "sample_eval", "score", "report")} == {
         "pretrain_base": 1,
-        "train": 24,  # 4 methods x 6 seeds, each its own job
-        "sample_eval": 37,  # the base model, 24 runs, and the 12 flat runs at the trees' NFE
-        "score": 37,
+        "train": 30,  # 5 methods (the control arm included) x 6 seeds, each its own job
+        "sample_eval": 31,  # the base model and 30 runs (trees sample at the flat arms' NFE)
+        "score": 31,
         "report": 1,
     }
 
@@ -127,9 +127,9 @@ def test_mini_seeds_config_plans_three_seeds_in_the_default_studys_folder(tmp_pa
     folder = copy_workflow(tmp_path)
     default = planned_jobs(folder)
     seeds = planned_jobs(folder, "--configfile", "configs/mini_seeds.yaml")
-    assert (default["train"], seeds["train"]) == (4, 12)  # 4 methods x 1 seed, x 3 seeds
-    # The base model and 2 flat methods' runs at the trees' NFE are evaluated besides the runs.
-    assert (default["sample_eval"], seeds["sample_eval"]) == (4 + 2 + 1, 12 + 6 + 1)
+    assert (default["train"], seeds["train"]) == (5, 15)  # 5 methods x 1 seed, x 3 seeds
+    # The base model besides the runs (trees sample at the flat arms' NFE: no truncated flat runs).
+    assert (default["sample_eval"], seeds["sample_eval"]) == (5 + 1, 15 + 1)
     assert seeds["pretrain_base"] == default["pretrain_base"] == 1
     out = snakemake(folder, "-n", "--configfile", "configs/mini_seeds.yaml").stdout
     runs = set(re.findall(r"results/([\w]+)/train/\w+/seed(\d)/metrics\.parquet", out))

@@ -21,6 +21,7 @@ RULE_ENTRY = {
     "curate_dataset": "pipeline.curate",
     "dataset_card": "pipeline.dataset_card",
     "pretrain_base": "pipeline.pretrain",
+    "base_group_spreads": "pipeline.group_spreads",
     "base_model_card": "pipeline.model_card",
     "train": "pipeline.train",
     "sample_eval": "pipeline.sample_eval",
@@ -69,13 +70,13 @@ def test_an_evaluation_key_plans_evaluation_and_no_training(study):
     """sampling.eval_steps is read by evaluation sampling (and the base model card, which quotes
     the evaluation's sampler); training's rollouts and probe do not re-run for it."""
     planned = planned_jobs(study, "--configfile", config_variant(study, "sampling.eval_steps", 5))
-    assert planned == Counter({"sample_eval": 7, "score": 7, "base_model_card": 1, "report": 1, "all": 1})
+    assert planned == Counter({"sample_eval": 9, "score": 9, "base_model_card": 1, "report": 1, "all": 1})
 
 
 def test_a_training_key_plans_training_and_what_follows(study):
     planned = planned_jobs(study, "--configfile", config_variant(study, "train.learning_rate", 3e-4))
-    # 4 runs, evaluated at their end and (the 2 flat ones) at equal NFE.
-    assert planned == Counter({"train": 4, "sample_eval": 6, "score": 6, "report": 1, "all": 1})
+    # 5 runs, evaluated at their end and (the 3 flat ones) at equal NFE.
+    assert planned == Counter({"train": 5, "sample_eval": 8, "score": 8, "report": 1, "all": 1})
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pandas as pd
@@ -17,11 +18,11 @@ DATASET = "datasets/ocr_color_10_tiny"
 
 
 RESULTS = "results/tiny"
-METHODS = ("flow_grpo", "multi_grpo", "reward_group", "tree_grpo")
+METHODS = ("balanced_mix", "flow_grpo", "multi_grpo", "reward_group", "tree_grpo")
 RUNS = tuple(f"{method}/seed0" for method in METHODS)  # train.seeds: [0]
-# evaluation.equal_nfe_reference (config.yaml: multi_grpo): the methods without a tree are also
-# evaluated at their snapshot nearest the tree's final NFE.
-EQUAL_NFE = ("flow_grpo/seed0/equal_nfe", "reward_group/seed0/equal_nfe")
+# evaluation.equal_nfe_reference (config_tiny.yaml: multi_grpo): the methods without a tree are
+# also evaluated at their snapshot nearest the tree's final NFE.
+EQUAL_NFE = ("balanced_mix/seed0/equal_nfe", "flow_grpo/seed0/equal_nfe", "reward_group/seed0/equal_nfe")
 MODELS = ("base", *RUNS)
 EVALUATED = (*MODELS, *EQUAL_NFE)
 
@@ -64,6 +65,14 @@ def test_outputs_exist_with_expected_rows(study):
     assert set(methods.mixed_gain_se_source) == {"one run"} and {"B", "W"} <= set(methods.columns)
     tests = pd.read_csv(study / RESULTS / "report" / "tests.csv")
     assert {"2x2 tree", "2x2 grouping", "2x2 interaction", "multi_grpo - flow_grpo"} <= set(tests.comparison)
+    # The control arm: flow_grpo's mix weighted by 1 / each reward's spread on the base card.
+    assert "reward_group - balanced_mix" in set(tests.comparison)
+    assert set(tests.measure) == {"B", "W", "mixed_gain"}
+    info = json.loads((study / RESULTS / "train" / "balanced_mix/seed0" / "train_info.json").read_text())
+    spreads = json.loads((study / RESULTS / "base_model" / "card" / "group_spreads.json").read_text())
+    for name, weight in info["reward_weights"].items():
+        std = spreads[f"{name}_group_std"]
+        assert weight == (pytest.approx(1 / std, rel=1e-5) if std > 0 else 0.0)
     equal = pd.read_csv(study / RESULTS / "report" / "equal_nfe.csv")
     assert list(equal.method) == sorted(METHODS)
     html = (study / RESULTS / "report" / "index.html").read_text()
@@ -86,10 +95,11 @@ def test_every_job_is_an_mlflow_run(study):
             "curate_dataset": 2,
             "dataset_card": 1,
             "pretrain_base": 1,
+            "base_group_spreads": 1,
             "base_model_card": 1,
-            "train": 4,
-            "sample_eval": 7,
-            "score": 7,
+            "train": 5,
+            "sample_eval": 9,
+            "score": 9,
             "report": 1,
         }
     )
@@ -103,10 +113,11 @@ def test_rebuild_only_what_changed(study):
 
     downstream = {
         "pretrain_base": 1,
+        "base_group_spreads": 1,
         "base_model_card": 1,
-        "train": 4,
-        "sample_eval": 7,
-        "score": 7,
+        "train": 5,
+        "sample_eval": 9,
+        "score": 9,
         "report": 1,
         "all": 1,
     }
@@ -121,12 +132,12 @@ def test_rebuild_only_what_changed(study):
     # A training key: every method's training and what follows it, not the base model.
     beta = _variant(study, "train.beta", 0.01)
     assert planned_jobs(study, "--configfile", beta) == Counter(
-        {"train": 4, "sample_eval": 6, "score": 6, "report": 1, "all": 1}
+        {"train": 5, "sample_eval": 8, "score": 8, "report": 1, "all": 1}
     )
     # Another training seed: the new runs and what follows them; the seed-0 runs stay.
     seeds = _variant(study, "train.seeds", [0, 1])
     assert planned_jobs(study, "--configfile", seeds) == Counter(
-        {"train": 4, "sample_eval": 6, "score": 6, "report": 1, "all": 1}
+        {"train": 5, "sample_eval": 8, "score": 8, "report": 1, "all": 1}
     )
     # A report option: only the report.
     title = _variant(study, "report.title", "another title")
