@@ -74,6 +74,9 @@ TREE = "tree_grpo"
 DESIGNS: dict[str, tuple[str, list[str]]] = {
     "flat-today": ("flow_grpo", []),
     "flat-every16": ("flow_grpo", ["train.edge_fraction=1.0", "train.prompts_per_iteration=16"]),
+    # Only step 0 stochastic and trained: the flat counterpart of a tree that splits at step 0
+    # with deterministic steps after it (run_methods: the window must hold every method's branches).
+    "flat-step0": ("flow_grpo", ["run_methods=[flow_grpo]", "train.sde_steps=1", "train.edge_fraction=1.0"]),
     "flat-half24": ("flow_grpo", ["train.edge_fraction=0.5", "train.prompts_per_iteration=24"]),
     "tree-today": (TREE, []),
     "tree-today-weighted": (TREE, ["train.edge_sampling=weighted"]),
