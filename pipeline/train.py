@@ -204,6 +204,13 @@ def check_branch_noise(method: MethodSpec, raw: dict) -> None:
         )
 
 
+def scored_rewards(cfg: TrainConfig, raw: dict) -> list[str]:
+    """The rewards the rollouts score: the trained ones and, under ``inverse_std_weights``, also
+    those the card weighs 0 (no spread at the base), whose means still show the arm's progress."""
+    zeroed = list(cfg.reward_weights) if raw["method"].get("inverse_std_weights") else []
+    return list(dict.fromkeys([*cfg.trained_rewards(), *zeroed]))
+
+
 def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch.device) -> LeafScorer:
     """The rollouts' scorer: model rewards (PickScore) on the policy's ``device``, the
     per-image rewards (OCR, colour) in ``workers`` CPU processes."""
@@ -224,7 +231,7 @@ def train(
     """The training run; the rollout scorer (and its worker pool) lives as long as it."""
     plan = run_plan(raw, runtime, card)
     cfg = plan[0]
-    scorer = rollout_scorer(cfg.trained_rewards(), raw["rewards"], cfg.score_workers, policy.device)
+    scorer = rollout_scorer(scored_rewards(cfg, raw), raw["rewards"], cfg.score_workers, policy.device)
     try:
         return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer, plan)
     finally:

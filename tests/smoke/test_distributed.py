@@ -87,7 +87,7 @@ def test_indivisible_batch_fails_before_any_launch(tmp_path, split, monkeypatch)
         raise AssertionError("launched")
 
     monkeypatch.setattr(distributed, "launch", no_launch)
-    jsons = train_jsons(prompts_per_iteration=3)
+    jsons = train_jsons(prompts_per_iteration=3, equal_sampling_nfe=False)  # 3 stays 3
     with pytest.raises(SystemExit, match="train.prompts_per_iteration 3 is not divisible by the 2"):
         train.main([*_args(tmp_path, split, tmp_path / "out", jsons), "--nproc", "2"])
 
@@ -96,7 +96,7 @@ def test_main_relaunches_itself_through_torchrun(tmp_path, split, monkeypatch):
     calls = []
     monkeypatch.setattr(distributed, "launch", lambda *args: calls.append(args) or 7)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    argv = [*_args(tmp_path, split, tmp_path / "out", train_jsons()), "--nproc", "2"]
+    argv = [*_args(tmp_path, split, tmp_path / "out", train_jsons(gpus=2)), "--nproc", "2"]
     assert train.main(argv) == 7  # the launcher's exit code
     assert calls == [(2, "pipeline.train", argv)]
 
@@ -144,7 +144,8 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
     same weights, equal to one process's on the same global batch within float rounding."""
     base = tiny_mini_dir(tmp_path / "mini")
     # lr 1: steps of about 1e-2, so a gradient wrong by a fraction shows far above 1e-5
-    config_json, runtime_json = train_jsons(iterations=1, probe_every=1, learning_rate=1.0)
+    # gpus 2: a tree's reinvested prompts (train.equal_sampling_nfe) stay a multiple of the processes
+    config_json, runtime_json = train_jsons(iterations=1, probe_every=1, learning_rate=1.0, gpus=2)
     raw = json.loads(config_json)
     raw["method"]["std_mode"] = "global"  # advantages need the other rank's rewards
     jsons = (json.dumps(raw), runtime_json)

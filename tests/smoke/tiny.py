@@ -28,7 +28,7 @@ def tiny_study(**train_overrides) -> config.StudyConfig:
     """The default config at the smoke tests' size: 4 rollout steps, 2 prompts, 2 iterations."""
     cfg = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
     methods = {
-        name: dataclasses.replace(method, branch_steps=(0, 1)) if method.branch_steps else method
+        name: dataclasses.replace(method, branch_steps=(0, 1), branch_factors=(2, 2)) if method.branch_steps else method
         for name, method in cfg.methods.items()
     }
     train = dataclasses.replace(
@@ -39,7 +39,7 @@ def tiny_study(**train_overrides) -> config.StudyConfig:
             "checkpoint_every": 1,
             "microbatch": 16,
             "probe_prompts": 3,
-            "sde_steps": 3,  # the default's ODE last step, at the tiny 4 steps
+            "sde_steps": 3,  # three stochastic steps then an ODE step: covers trees two levels deep
         }
         | train_overrides,
     )

@@ -229,7 +229,7 @@ def test_the_key_reference_is_generated_from_the_schema():
     assert docs == config.reference_markdown(), (
         "regenerate: python -m pipeline.config --reference > docs/config.md"
     )
-    assert "| `train.edge_fraction` | `0.25` |" in docs
+    assert "| `train.edge_fraction` | `1.0` |" in docs
 
 
 @pytest.mark.parametrize(
@@ -273,10 +273,12 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
     raw = _set(default_raw(), "train.sde_steps", 11)
     with pytest.raises(config.ConfigError, match="'train.sde_steps' \\(11\\) is more than sampling"):
         config.load(raw)
-    raw = _set(default_raw(), "train.sde_steps", 3)  # tree methods branch at step 3
+    raw = _set(default_raw(), "train.sde_steps", 3)
+    raw["methods"]["tree_grpo"] |= {"branch_steps": [1, 3], "branch_factors": [2, 2]}  # branches at step 3
     with pytest.raises(config.ConfigError, match="'methods.tree_grpo.branch_steps': \\[1, 3\\] must lie"):
         config.load(raw)
-    config.load(_set(default_raw(), "train.sde_steps", 4))
+    config.load(_set(raw, "train.sde_steps", 4))
+    config.load(default_raw())  # one SDE step, trees branching at step 0
 
 
 @pytest.mark.parametrize(

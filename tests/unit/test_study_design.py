@@ -104,7 +104,7 @@ def _plan(raw: dict, method: str, card=None):
 def test_run_plan_reinvests_a_trees_savings_in_prompts():
     raw = default_raw()
     raw["methods"]["tree_grpo"] |= {"roots": 2, "branch_steps": [1, 3], "branch_factors": [2, 2]}
-    raw["train"] |= {"prompts_per_iteration": 32, "equal_sampling_nfe": True}
+    raw["train"] |= {"prompts_per_iteration": 32, "equal_sampling_nfe": True, "sde_steps": 4}
     _, method, settings = _plan(raw, "tree_grpo")
     per_iteration = settings.prompts_per_iteration * method.schedule.nfe_per_prompt()
     assert settings.prompts_per_iteration == 43 and abs(per_iteration / (32 * 80) - 1) < 0.05
@@ -124,7 +124,7 @@ def test_a_methods_own_reward_weights_and_the_card_weights(tmp_path):
     assert _plan(raw, "own")[2].reward_weights == {"ocr": 2.0}
     card = tmp_path / "figures.json"
     card.write_text(
-        json.dumps({"sde_groups": {"ocr_group_std": 0.25, "color_group_std": 0.1, "quality_group_std": 0.5}})
+        json.dumps({"ocr_group_std": 0.25, "color_group_std": 0.1, "quality_group_std": 0.5})
     )
     assert _plan(raw, "control", card)[2].reward_weights == {"ocr": 4.0, "color": 10.0, "quality": 2.0}
     assert inverse_std_weights({"ocr_group_std": 0.5}, ["ocr"], card) == {"ocr": 2.0}
