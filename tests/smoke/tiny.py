@@ -27,8 +27,9 @@ def tiny_mini_dir(folder: Path, seed: int = 0) -> Path:
 def tiny_study(**train_overrides) -> config.StudyConfig:
     """The default config at the smoke tests' size: 4 rollout steps, 2 prompts, 2 iterations."""
     cfg = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+    two_levels = {"branch_steps": (0, 1), "branch_factors": (2, 2)}
     methods = {
-        name: dataclasses.replace(method, branch_steps=(0, 1), branch_factors=(2, 2)) if method.branch_steps else method
+        name: dataclasses.replace(method, **two_levels) if method.branch_steps else method
         for name, method in cfg.methods.items()
     }
     train = dataclasses.replace(

@@ -123,9 +123,7 @@ def test_a_methods_own_reward_weights_and_the_card_weights(tmp_path):
     }
     assert _plan(raw, "own")[2].reward_weights == {"ocr": 2.0}
     card = tmp_path / "figures.json"
-    card.write_text(
-        json.dumps({"ocr_group_std": 0.25, "color_group_std": 0.1, "quality_group_std": 0.5})
-    )
+    card.write_text(json.dumps({"ocr_group_std": 0.25, "color_group_std": 0.1, "quality_group_std": 0.5}))
     assert _plan(raw, "control", card)[2].reward_weights == {"ocr": 4.0, "color": 10.0, "quality": 2.0}
     assert inverse_std_weights({"ocr_group_std": 0.5}, ["ocr"], card) == {"ocr": 2.0}
     # A reward without spread is left out, as B leaves it out; with none, nothing is trained.
