@@ -17,7 +17,7 @@ from pipeline.rl.trainer import LoopSettings, MethodSpec, edge_transitions
 from pipeline.sampling.schedule import TreeSchedule, equal_nfe_prompts, flow_sigmas, sde_mean_x_coefficient
 from pipeline.sampling.sde import sde_step_with_logprob
 from pipeline.sampling.tree import sample_tree
-from pipeline.train import inverse_std_weights, run_plan
+from pipeline.train import inverse_std_weights, run_plan, scored_rewards
 from tests.unit.test_config import default_raw
 from tests.unit.test_tree import LinearPolicy
 
@@ -135,6 +135,13 @@ def test_a_methods_own_reward_weights_and_the_card_weights(tmp_path):
         inverse_std_weights({"ocr_group_std": 0.0}, ["ocr", "color"], card)
     with pytest.raises(SystemExit, match="needs the base model's group spreads"):
         _plan(raw, "control")
+    # A reward the card weighs 0 is still scored: its mean shows the arm's progress on it.
+    card.write_text(json.dumps({"ocr_group_std": 0.0, "color_group_std": 0.1, "quality_group_std": 0.5}))
+    cfg = _plan(raw, "control", card)[0]
+    assert cfg.reward_weights["ocr"] == 0.0 and "ocr" not in cfg.trained_rewards()
+    control_raw = {"method": {"inverse_std_weights": True}}
+    assert set(scored_rewards(cfg, control_raw)) == {"ocr", "color", "quality"}
+    assert "ocr" not in scored_rewards(cfg, {"method": {"inverse_std_weights": False}})
 
 
 @pytest.mark.parametrize(
