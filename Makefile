@@ -63,10 +63,10 @@ gpu-check: setup
 	$(BIN)/python -c "import sys, torch; n = torch.cuda.device_count(); print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s) visible'); sys.exit(0 if n else 1)"
 
 ui: setup
-	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
+	$(BIN)/python -m pipeline.runtime.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
 
 ui-stop: setup
-	$(BIN)/python -m pipeline.mlflow_ui --db results/mlflow.db --stop
+	$(BIN)/python -m pipeline.runtime.mlflow_ui --db results/mlflow.db --stop
 
 follow:
 	@while true; do \

@@ -3,7 +3,7 @@
 # rules/common.smk; the default study is config.yaml, others are in configs/.
 from snakemake.utils import min_version
 
-from pipeline.config import read_yaml
+from pipeline.config.files import read_yaml
 
 min_version("9.0")
 

@@ -32,12 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.learning_settings import evaluate, overridden  # noqa: E402
-from pipeline import config, stage_params  # noqa: E402
-from pipeline.group_spreads import group_figures  # noqa: E402
+from pipeline.config.files import config_hash, read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
+from pipeline.config.types import StudyConfig  # noqa: E402
 from pipeline.models.mini import MiniPolicy, load_mini, save_mini  # noqa: E402
-from pipeline.pretrain import build_model, train  # noqa: E402
-from pipeline.report_tables import per_image_table  # noqa: E402
-from pipeline.sources import sources_digest  # noqa: E402
+from pipeline.models.pretraining import build_model, train  # noqa: E402
+from pipeline.reporting.tables import per_image_table  # noqa: E402
+from pipeline.rl.group_spreads import group_figures  # noqa: E402
+from pipeline.workflow import stage_params  # noqa: E402
+from pipeline.workflow.sources import sources_digest  # noqa: E402
 
 COLUMNS = {
     "ocr": "ocr",
@@ -49,31 +52,34 @@ COLUMNS = {
 
 
 class NoTracking:
-    """Stands in for the MLflow run that :func:`pipeline.pretrain.train` logs its loss to."""
+    """Stands in for the MLflow run that :func:`pipeline.models.pretraining.train` logs its loss to."""
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         del metrics, step
 
 
-def pretrain_to(cfg: config.StudyConfig, seed: int, steps: int, work: Path) -> None:
+def pretrain_to(cfg: StudyConfig, seed: int, steps: int, work: Path) -> None:
     """Pretrain seed ``seed`` to ``steps`` steps in ``work``, resuming its last checkpoint."""
     pretrain = dataclasses.replace(cfg.pretrain, seed=seed, steps=steps, max_minutes=24 * 60)
     # One checkpoint identity for every length of this seed, so that a longer run resumes.
-    identity = dataclasses.asdict(pretrain) | {"steps": None, "code": sources_digest("pipeline.pretrain")}
+    identity = dataclasses.asdict(pretrain) | {
+        "steps": None,
+        "code": sources_digest("pipeline.stages.pretrain_base"),
+    }
     model = build_model(cfg.model.mini, seed)
     split = pd.read_parquet(f"datasets/{cfg.dataset.name}/train.parquet")
-    train(model, split, pretrain, work, NoTracking(), config.config_hash(identity))
+    train(model, split, pretrain, work, NoTracking(), config_hash(identity))
     save_mini(model, work.parent / f"steps{steps}" / "model")
 
 
-def group_spread_of(cfg: config.StudyConfig, model_dir: Path) -> dict[str, float]:
+def group_spread_of(cfg: StudyConfig, model_dir: Path) -> dict[str, float]:
     """Each trained reward's mean within-group std and share of groups with spread, under the
-    training sampler (:func:`pipeline.group_spreads.group_figures`)."""
+    training sampler (:func:`pipeline.stages.pipeline.rl.group_spreads.group_figures`)."""
     test = pd.read_parquet(f"datasets/{cfg.dataset.name}/test.parquet")
     names = list(cfg.rewards.score)
     rollout = {"guidance": cfg.train.guidance, "sde_steps": cfg.train.sde_steps}
     policy = MiniPolicy(load_mini(model_dir), trainable=False)
-    sampling = stage_params.group_spreads_params(cfg)["sampling"]
+    sampling = stage_params.base_group_spreads_params(cfg)["sampling"]
     figures = group_figures(policy, test, sampling, cfg.card, names, cfg.rewards.settings(), rollout)
     return {k: v for k, v in figures.items() if k.endswith(("_group_std", "_groups_with_spread"))}
 
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench/base_spread"))
     parser.add_argument("--groups", action="store_true", help="also each model's SDE group spread")
     args = parser.parse_args(argv)
-    cfg = config.load(overridden(config.read_yaml(args.config), args.assignments), source=str(args.config))
+    cfg = load(overridden(read_yaml(args.config), args.assignments), source=str(args.config))
     seeds = [int(s) for s in args.seeds.split(",")]
     lengths = sorted(int(s) for s in args.steps.split(","))
     if any(n % cfg.pretrain.checkpoint_every for n in lengths):

@@ -40,11 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.iteration_throughput import base_model_dir, timed_iteration, train_split  # noqa: E402
-from pipeline import config, train  # noqa: E402
-from pipeline.evaluation import LeafScorer  # noqa: E402
+from pipeline.config.files import read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
 from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
-from pipeline.rl import trainer  # noqa: E402
+from pipeline.rewards.scoring import LeafScorer  # noqa: E402
+from pipeline.rl import rollouts, update  # noqa: E402
+from pipeline.rl.settings import loop_settings, method_spec  # noqa: E402
 from pipeline.sampling.tree import guided_velocity  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +63,7 @@ def cpu_bf16_flags() -> str:
 def trained_edge_ids(rollout, num_steps: int) -> torch.Tensor:
     """``[E']``: every edge the loss may train (stochastic, not the last step), before any
     subsampling and whatever its advantage."""
-    return trainer.trained_edges(rollout, torch.ones(len(rollout.edge_step)), num_steps, False)
+    return update.trained_edges(rollout, torch.ones(len(rollout.edge_step)), num_steps, False)
 
 
 def denoiser_timing(policy, rollout, settings, batch: int, threads: list[int], repeats: int) -> None:
@@ -73,7 +75,8 @@ def denoiser_timing(policy, rollout, settings, batch: int, threads: list[int], r
     c, u = cond.select(rollout.edge_prompt[edges]), uncond.select(rollout.edge_prompt[edges])
 
     def forward(precision: str, grad: bool) -> torch.Tensor:
-        context = trainer.denoiser_precision(policy, dataclasses.replace(settings, mixed_precision=precision))
+        precise = dataclasses.replace(settings, mixed_precision=precision)
+        context = rollouts.denoiser_precision(policy, precise)
         with torch.set_grad_enabled(grad), context:
             v, _ = guided_velocity(policy, x, sigma, c, u, 1.0, len(x))
         if grad:
@@ -111,7 +114,7 @@ def ratio_check(policy, rollout, settings, microbatches: list[int], precision: s
         with torch.no_grad():
             for start in range(0, len(edges), microbatch):
                 index = edges[start : start + microbatch]
-                step, _ = trainer.edge_transitions(policy, rollout, index, cond, uncond, settings)
+                step, _ = update.edge_transitions(policy, rollout, index, cond, uncond, settings)
                 deviations.append((step.log_prob - rollout.log_prob[index]).exp().sub(1).abs())
         deviation = torch.cat(deviations)
         beyond = float((deviation > settings.clip_range).float().mean())
@@ -132,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3, help="whole iterations per precision")
     parser.add_argument("--ratio-prompts", type=int, default=16)
     args = parser.parse_args(argv)
-    cfg = config.load(config.read_yaml(args.config), str(args.config), check_paths=False)
+    cfg = load(read_yaml(args.config), str(args.config), check_paths=False)
     threads = [int(n) for n in args.threads.split(",")]
     split = train_split(cfg)
-    method = train.method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps, cfg.train.sde_steps)
-    base = train.loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
+    method = method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps, cfg.train.sde_steps)
+    base = loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
     settings = {p: dataclasses.replace(base, mixed_precision=p) for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.base_model or (STUDY_BASE if STUDY_BASE.is_dir() else None)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     rollouts = {}
     for precision in PRECISIONS:
         with torch.no_grad():
-            rollouts[precision] = trainer.sample_prompts(policy, prompts, 0, method, settings[precision], 0)
+            rollouts[precision] = rollouts.sample_prompts(policy, prompts, 0, method, settings[precision], 0)
     torch.set_num_threads(max(threads))
     print(
         f"on-policy ratios, {len(prompts)} prompts x {method.schedule.leaves_per_prompt} leaves, no update:"

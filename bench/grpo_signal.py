@@ -59,14 +59,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from learning_settings import overridden  # noqa: E402
 
-from pipeline import config, stage_params  # noqa: E402
-from pipeline.config import TRAIN_RUNTIME_KEYS  # noqa: E402
-from pipeline.evaluation import LeafScorer  # noqa: E402
+from pipeline.config.files import read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
+from pipeline.config.types import (
+    TRAIN_RUNTIME_KEYS,  # noqa: E402
+    StudyConfig,  # noqa: E402
+)
 from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.rewards.base import Reward, RewardOutput  # noqa: E402
-from pipeline.rl.trainer import PhaseTimer, plan_edges, probe, probe_batch, sample_and_score, update  # noqa: E402
-from pipeline.train import run_plan  # noqa: E402
+from pipeline.rewards.scoring import LeafScorer  # noqa: E402
+from pipeline.rl.rollouts import PhaseTimer, probe, probe_batch, sample_and_score  # noqa: E402
+from pipeline.rl.settings import run_plan  # noqa: E402
+from pipeline.rl.update import plan_edges, update  # noqa: E402
+from pipeline.workflow import stage_params  # noqa: E402
 
 # name -> (method, overrides). Flat designs are flow_grpo; tree designs use tree_grpo (the same
 # mix-then-normalise advantages), so that a tree's difference to flat is its shape alone.
@@ -234,13 +240,13 @@ def probe_gain(policy, gradient: torch.Tensor, step: float, measure) -> dict[str
 
 def design_config(
     raw: dict, method: str, overrides: list[str], scale: float = 1.0
-) -> tuple[config.StudyConfig, dict, dict]:
+) -> tuple[StudyConfig, dict, dict]:
     """The study config after ``overrides`` with its prompts per iteration times ``scale``, and
     the train rule's config and runtime JSON of ``method`` at training seed 0."""
     raw = overridden(raw, overrides)
     prompts = raw.setdefault("train", {}).get("prompts_per_iteration", 32)
     raw["train"]["prompts_per_iteration"] = max(1, round(prompts * scale))
-    cfg = config.load(raw, "bench", check_paths=False)
+    cfg = load(raw, "bench", check_paths=False)
     params = stage_params.train_params(cfg, method, 0)
     runtime = {key: getattr(cfg.train, key) for key in TRAIN_RUNTIME_KEYS}
     return cfg, params, runtime
@@ -378,8 +384,8 @@ def main() -> int:
     if args.iterations < 3:
         raise SystemExit(f"--iterations {args.iterations}: the jackknife needs at least 3")
     torch.set_num_threads(args.threads)
-    raw = config.read_yaml(args.config)
-    cfg = config.load(raw, args.config, check_paths=False)
+    raw = read_yaml(args.config)
+    cfg = load(raw, args.config, check_paths=False)
     base = Path(f"results/{cfg.study}/base_model/model")
     split = Path(f"datasets/{cfg.dataset.name}/train.parquet")
     if not base.is_dir() or not split.is_file():
@@ -391,7 +397,7 @@ def main() -> int:
     )
     results = []
     for design in args.designs.split(","):
-        rows = measure(design, config.read_yaml(args.config), args, train_rows, base)
+        rows = measure(design, read_yaml(args.config), args, train_rows, base)
         results += rows
         print(header)
         for r in results:

@@ -40,15 +40,18 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config, curate, generate_prompts, train  # noqa: E402
-from pipeline.evaluation import LeafScorer  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
+from pipeline.config.types import StudyConfig  # noqa: E402
+from pipeline.data import curation, generator
+from pipeline.data.palette import COLOR_NAMES, PALETTE  # noqa: E402
+from pipeline.data.text_images import contrasting_background, render  # noqa: E402
 from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.models.mini import MiniConfig, MiniModel, save_mini  # noqa: E402
-from pipeline.palette import COLOR_NAMES, PALETTE  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
-from pipeline.rl import trainer  # noqa: E402
-from tests.reference_rollout import per_prompt_forests  # noqa: E402
-from tests.render import contrasting_background, render  # noqa: E402
+from pipeline.rewards.scoring import LeafScorer  # noqa: E402
+from pipeline.rl import rollouts, trainer  # noqa: E402
+from pipeline.rl.reference_rollout import per_prompt_forests  # noqa: E402
+from pipeline.rl.settings import loop_settings, method_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("rollout", "decode", "scoring", "advantages", "update")
@@ -60,14 +63,14 @@ def previous_sample_prompts(policy, prompts, first, method, settings, iteration)
     return per_prompt_forests(policy, prompts, first, method, settings, iteration)
 
 
-def train_split(cfg: config.StudyConfig) -> pd.DataFrame:
-    spec = generate_prompts.load_spec(REPO / "datasets" / "sources" / "ocr_scenes.yaml")
-    prompts, _, _ = generate_prompts.generate(spec, cfg.dataset.source.generator)
-    table, _ = curate.curate(prompts, range(len(prompts)), cfg.dataset.curation.seed)
+def train_split(cfg: StudyConfig) -> pd.DataFrame:
+    spec = generator.load_spec(REPO / "datasets" / "sources" / "ocr_scenes.yaml")
+    prompts, _, _ = generator.generate(spec, cfg.dataset.source.generator)
+    table, _ = curation.curate(prompts, range(len(prompts)), cfg.dataset.curation.seed)
     return table.to_pandas()
 
 
-def base_model_dir(cfg: config.StudyConfig, folder: Path) -> Path:
+def base_model_dir(cfg: StudyConfig, folder: Path) -> Path:
     torch.manual_seed(0)
     mini = dataclasses.asdict(cfg.model.mini)
     mini["block_out_channels"] = tuple(mini["block_out_channels"])
@@ -81,9 +84,9 @@ def timed_iteration(path: str, policy, initial: dict, rewards, scorer, split, me
     policy.module.to(memory_format=layout)
     policy.module.load_state_dict(initial)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-4)
-    original = trainer.sample_prompts
+    original = rollouts.sample_prompts
     if path == "previous":
-        trainer.sample_prompts = previous_sample_prompts
+        rollouts.sample_prompts = previous_sample_prompts
     try:
         return trainer.run_iteration(
             policy,
@@ -95,7 +98,7 @@ def timed_iteration(path: str, policy, initial: dict, rewards, scorer, split, me
             0,
         )
     finally:
-        trainer.sample_prompts = original
+        rollouts.sample_prompts = original
 
 
 def scoring_comparison(rewards, settings: dict, workers: list[int], images: int, repeats: int) -> None:
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw = yaml.safe_load(args.config.read_text())
-    cfg = config.load(raw, str(args.config), check_paths=False)
+    cfg = load(raw, str(args.config), check_paths=False)
     if args.score_workers is None:
         args.score_workers = cfg.train.score_workers
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -181,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_workers:
         pools = [int(n) for n in args.compare_workers.split(",")]
         scoring_comparison(rewards, cfg.rewards.settings(), pools, 256, args.repeats)
-    warm_up = train.loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
-    warm_method = train.method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps)
+    warm_up = loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
+    warm_method = method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps)
     timed_iteration("current", policy, initial, rewards, scorer, split, warm_method, warm_up)
     try:
         for setting in args.settings.split(","):
             train_cfg = dataclasses.replace(cfg.train, **(LARGE if setting == "large" else {}))
-            settings = train.loop_settings(train_cfg, dataclasses.asdict(cfg.sampling))
+            settings = loop_settings(train_cfg, dataclasses.asdict(cfg.sampling))
             for name in args.methods.split(","):
-                method = train.method_spec(cfg.methods[name], cfg.sampling.train_steps, train_cfg.sde_steps)
+                method = method_spec(cfg.methods[name], cfg.sampling.train_steps, train_cfg.sde_steps)
                 images = settings.prompts_per_iteration * method.schedule.leaves_per_prompt
                 prompts = settings.prompts_per_iteration
                 print(

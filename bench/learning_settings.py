@@ -3,7 +3,7 @@
     .venv/bin/python bench/learning_settings.py --label large --methods flow_grpo,multi_grpo \
         --set train.iterations=7 --set train.guidance=1 [--seeds 0,1,2] [--parallel] [--evaluate]
 
-Each method runs ``python -m pipeline.train`` exactly as the workflow's train rule does
+Each method runs ``python -m pipeline.stages.train`` exactly as the workflow's train rule does
 (the config's ``train``, ``sampling``, ``rewards`` and ``model`` slices, after the ``--set``
 overrides, dotted keys with YAML values), on the base model the study already pretrained
 (``results/<study>/base_model``, or ``--base-model``), once per training seed in ``--seeds``
@@ -39,10 +39,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config, stage_params  # noqa: E402
-from pipeline.analysis import standardised_gains  # noqa: E402
-from pipeline.report import outcome_spreads  # noqa: E402
-from pipeline.report_tables import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
+from pipeline.config.files import canonical_json, config_hash, read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
+from pipeline.config.types import StudyConfig  # noqa: E402
+from pipeline.reporting.analysis import (
+    outcome_spreads,  # noqa: E402
+    standardised_gains,  # noqa: E402
+)
+from pipeline.reporting.tables import format_change, linear_trend, paired_table, per_image_table  # noqa: E402
+from pipeline.workflow import stage_params  # noqa: E402
 
 REWARDS = {"mixed": "reward_mixed", "ocr": "ocr_mean", "color": "color_mean", "quality": "quality_mean"}
 
@@ -73,13 +78,13 @@ def yaml_or_number(text: str):
     return value
 
 
-def train_flags(cfg: config.StudyConfig, method: str, seed: int) -> list[str]:
+def train_flags(cfg: StudyConfig, method: str, seed: int) -> list[str]:
     """The train rule's ``--config-json`` and ``--runtime-json`` for ``method`` at ``seed``."""
     return [
         "--config-json",
-        config.canonical_json(stage_params.train_params(cfg, method, seed)),
+        canonical_json(stage_params.train_params(cfg, method, seed)),
         "--runtime-json",
-        config.canonical_json(stage_params.train_runtime(cfg)),
+        canonical_json(stage_params.train_runtime(cfg)),
     ]
 
 
@@ -101,24 +106,32 @@ def summary(method: str, out_dir: Path) -> str:
 
 
 def evaluate(
-    cfg: config.StudyConfig, name: str, base_dir: Path, weights: Path | None, out_dir: Path, seed: int = 0
+    cfg: StudyConfig, name: str, base_dir: Path, weights: Path | None, out_dir: Path, seed: int = 0
 ) -> Path:
     """The study's sample_eval then score stages for one model (a run of training seed ``seed``
     when ``weights`` are given); returns its rewards table."""
     rewards = out_dir / "rewards.parquet"
     if rewards.is_file():
         return rewards
-    stage = config.canonical_json(stage_params.eval_params(cfg, seed if weights else None))
+    stage = canonical_json(stage_params.sample_eval_params(cfg, seed if weights else None))
     test = f"datasets/{cfg.dataset.name}/test.parquet"
-    command = [sys.executable, "-m", "pipeline.sample_eval", "--model", name, "--base-model", str(base_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.sample_eval",
+        "--model",
+        name,
+        "--base-model",
+        str(base_dir),
+    ]
     command += ["--weights", str(weights)] if weights else []
     command += ["--test", test, "--config-json", stage, "--out-dir", str(out_dir), "--threads", "2"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         [
-            sys.executable, "-m", "pipeline.score", "--samples", str(out_dir / "samples.parquet"),
+            sys.executable, "-m", "pipeline.stages.score", "--samples", str(out_dir / "samples.parquet"),
             "--out", str(rewards), "--rewards", ",".join(cfg.rewards.score),
-            "--settings-json", config.canonical_json(stage_params.score_params(cfg)["settings"]),
+            "--settings-json", canonical_json(stage_params.score_params(cfg)["settings"]),
             "--workers", "2",
         ],
         check=True,
@@ -135,7 +148,7 @@ def files_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def paired_gains(cfg: config.StudyConfig, images: pd.DataFrame) -> str:
+def paired_gains(cfg: StudyConfig, images: pd.DataFrame) -> str:
     """Each trained run's paired test gain over ``base`` for the mixed reward and each reward."""
     paired = paired_table(images)
     lines = []
@@ -151,7 +164,7 @@ def paired_gains(cfg: config.StudyConfig, images: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def across_seeds(cfg: config.StudyConfig, images: pd.DataFrame, card: dict | None) -> str:
+def across_seeds(cfg: StudyConfig, images: pd.DataFrame, card: dict | None) -> str:
     """Per method: z per reward, B and W, mean ± standard error across its training seeds, and
     each seed's B (one seed: its values)."""
     spreads, spread_text = outcome_spreads(card, images, list(cfg.rewards.score))
@@ -193,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep a run's finished training output")
     args = parser.parse_args(argv)
 
-    raw = overridden(config.read_yaml(args.config), args.assignments)
-    cfg = config.load(raw, source=f"{args.config} with --set")
+    raw = overridden(read_yaml(args.config), args.assignments)
+    cfg = load(raw, source=f"{args.config} with --set")
     base_dir = args.base_model or Path(f"results/{cfg.study}/base_model/model")
     card_file = args.base_card or base_dir.parent / "card" / "figures.json"
     train_split = Path(f"datasets/{cfg.dataset.name}/train.parquet")
@@ -213,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         # A run trained again is another model: its old test figures must not be reused.
         shutil.rmtree(out_dir / "eval", ignore_errors=True)
         command = [
-            sys.executable, "-u", "-m", "pipeline.train", "--method", method, "--train", str(train_split),
+            sys.executable, "-u", "-m", "pipeline.stages.train", "--method", method,
+            "--train", str(train_split),
             "--base-model", str(base_dir), *train_flags(cfg, method, seed),
             "--out-dir", str(out_dir), "--threads", str(threads),
         ]  # fmt: skip
@@ -236,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path("results/bench/learning")
         # The base model's evaluation, kept per base model (its bytes: a re-pretrained base at
         # the same path is another model) and evaluation config.
-        base_key = config.config_hash(
-            stage_params.eval_params(cfg, None) | {"base_weights": files_digest(base_dir)}
+        base_key = config_hash(
+            stage_params.sample_eval_params(cfg, None) | {"base_weights": files_digest(base_dir)}
         )
         tables = {"base": evaluate(cfg, "base", base_dir, None, root / f"base-{base_key[:12]}")}
         for run, seed, out_dir, _, _ in jobs:

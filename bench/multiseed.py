@@ -4,12 +4,12 @@
         --out DIR [--set train.iterations=8] [--jobs 4] [--device cuda]
 
 For a machine that has the project's Python packages but neither Snakemake nor MLflow (the
-lent GPU machine): it runs the stage commands the workflow's rules run — ``pipeline.train``
-per method and seed, then ``pipeline.sample_eval`` and ``pipeline.score`` for the base model,
+lent GPU machine): it runs the stage commands the workflow's rules run — ``pipeline.stages.train``
+per method and seed, then ``pipeline.stages.sample_eval`` and ``pipeline.stages.score`` for the base model,
 every run and every equal-NFE snapshot — with the same config slices (``config.yaml`` after
 the ``--set`` overrides), untracked, ``--jobs`` at a time, into
 ``OUT/train/<method>/seed<N>/`` and ``OUT/eval/<model>/``. ``--report DIR`` instead runs
-``pipeline.report`` into DIR on the outputs of one or more such folders (``--out`` repeated:
+``pipeline.stages.report`` into DIR on the outputs of one or more such folders (``--out`` repeated:
 their runs together, the base model's evaluation from the first), with the study's report
 config and ``--base-card`` (the base model card's figures.json) for the z units.
 A job's output is reused when it exists, so a rerun continues. ``--pack FILE`` writes the
@@ -31,7 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.learning_settings import overridden, train_flags  # noqa: E402
-from pipeline import config, stage_params  # noqa: E402
+from pipeline.config.files import canonical_json, read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
+from pipeline.config.types import StudyConfig  # noqa: E402
+from pipeline.workflow import stage_params  # noqa: E402
 
 
 def run_all(commands: list[tuple[str, list[str], Path]], jobs: int) -> list[str]:
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="run the report of --out folders here")
     parser.add_argument("--base-card", type=Path, default=None)
     args = parser.parse_args(argv)
-    cfg = config.load(overridden(config.read_yaml(args.config), args.assignments), source=f"{args.config}")
+    cfg = load(overridden(read_yaml(args.config), args.assignments), source=f"{args.config}")
     if args.report:
         return report(cfg, args.out, args.base_card, args.report)
     args.out = args.out[0]
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     trains = [
         (
             f"train {run}",
-            [*python, "pipeline.train", "--method", method, "--train", str(args.train)]
+            [*python, "pipeline.stages.train", "--method", method, "--train", str(args.train)]
             + ["--base-model", str(args.base_model), *train_flags(cfg, method, seed)]
             + ["--out-dir", str(args.out / "train" / run), "--threads", str(threads), *device],
             args.out / "logs" / "train" / f"{run}.log",
@@ -120,18 +123,19 @@ def main(argv: list[str] | None = None) -> int:
             weights += ["--match-nfe-of", str(ref)]
         else:
             weights = ["--weights", str(args.out / "train" / run / "weights.safetensors")]
-        sample = [*python, "pipeline.sample_eval", "--model", model, "--base-model", str(args.base_model)]
+        sample = [*python, "pipeline.stages.sample_eval", "--model", model]
+        sample += ["--base-model", str(args.base_model)]
         sample += [
             *weights,
             "--test",
             str(args.test),
             "--config-json",
-            config.canonical_json(stage_params.eval_params(cfg, seed)),
+            canonical_json(stage_params.sample_eval_params(cfg, seed)),
         ]
         sample += ["--out-dir", str(out), "--threads", str(threads), *device]
-        score = [*python, "pipeline.score", "--samples", str(out / "samples.parquet")]
+        score = [*python, "pipeline.stages.score", "--samples", str(out / "samples.parquet")]
         score += ["--out", str(out / "rewards.parquet"), "--rewards", ",".join(cfg.rewards.score)]
-        score += ["--settings-json", config.canonical_json(stage_params.score_params(cfg)["settings"])]
+        score += ["--settings-json", canonical_json(stage_params.score_params(cfg)["settings"])]
         score += ["--workers", str(args.score_workers)]
         chained = ["bash", "-c", f"{shlex.join(sample)} && {shlex.join(score)}"]
         evals.append((f"evaluate {model}", chained, args.out / "logs" / "eval" / f"{model}.log"))
@@ -143,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def report(cfg: config.StudyConfig, outs: list[Path], base_card: Path | None, target: Path) -> int:
-    """``pipeline.report`` on the runs of every folder in ``outs`` (the base model's from the
+def report(cfg: StudyConfig, outs: list[Path], base_card: Path | None, target: Path) -> int:
+    """``pipeline.stages.report`` on the runs of every folder in ``outs`` (the base model's from the
     first), with the report rule's config slices."""
     flags = []
     models = {"base": outs[0] / "eval" / "base"}
@@ -161,8 +165,8 @@ def report(cfg: config.StudyConfig, outs: list[Path], base_card: Path | None, ta
         flags += ["--samples", f"{model}={folder / 'samples.parquet'}"]
     if base_card:
         flags += ["--base-card", str(base_card)]
-    stage_json = config.canonical_json(stage_params.report_params(cfg))
-    command = [sys.executable, "-m", "pipeline.report", *flags, "--config-json", stage_json]
+    stage_json = canonical_json(stage_params.report_params(cfg))
+    command = [sys.executable, "-m", "pipeline.stages.report", *flags, "--config-json", stage_json]
     return subprocess.run([*command, "--out-dir", str(target)], check=False).returncode
 
 

@@ -40,10 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config  # noqa: E402
-from pipeline.evaluation import group_spread, score_images  # noqa: E402
+from pipeline.config.files import read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
 from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
+from pipeline.rewards.scoring import group_spread, score_images  # noqa: E402
 from pipeline.sampling.schedule import TreeSchedule, flow_sigmas  # noqa: E402
 from pipeline.sampling.tree import (  # noqa: E402
     guided_velocity,
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = config.load(config.read_yaml(args.config), source=str(args.config))
+    cfg = load(read_yaml(args.config), source=str(args.config))
     base = Path("results") / cfg.study / "base_model" / "model"
     if not base.is_dir():
         raise SystemExit(f"{base}: no base model; run `snakemake -c2 {base}/model.safetensors` first")

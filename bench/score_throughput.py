@@ -6,7 +6,7 @@ For scene-size images (256 x 256, OCR detection + recognition) and single-line i
 (128 x 32, recognition only), prints images per second (median of the repeats) of:
   * the plain loop: one process, one OCR engine with onnxruntime's default threads, every
     reward called image by image (OCR shared through the metadata);
-  * the batch stage (`pipeline.score.score_table`) with 1 and 2 worker processes.
+  * the batch stage (`pipeline.rewards.scoring.score_table`) with 1 and 2 worker processes.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import score  # noqa: E402
-from pipeline.images import load_image  # noqa: E402
-from pipeline.palette import COLOR_NAMES, PALETTE  # noqa: E402
-from pipeline.rewards import build_rewards  # noqa: E402
-from tests.render import FONTS, contrasting_background, render  # noqa: E402
+from pipeline.data.images import load_image  # noqa: E402
+from pipeline.data.palette import COLOR_NAMES, PALETTE  # noqa: E402
+from pipeline.data.text_images import FONTS, contrasting_background, render  # noqa: E402
+from pipeline.rewards import (
+    build_rewards,  # noqa: E402
+    scoring,
+)
 
 NAMES = ["ocr", "color", "quality"]
 WORDS = ["HELLO", "CAMERA", "TIGER", "MAPLE", "ROCKET", "SUN"]
@@ -87,10 +89,10 @@ def main() -> int:
             n = len(paths)
             loop_s = timed(lambda s=samples, p=paths: plain_loop(s, p), args.repeats)
             one_s = timed(
-                lambda s=samples, p=paths: score.score_table(s, p, NAMES, {}, workers=1), args.repeats
+                lambda s=samples, p=paths: scoring.score_table(s, p, NAMES, {}, workers=1), args.repeats
             )
             two_s = timed(
-                lambda s=samples, p=paths: score.score_table(s, p, NAMES, {}, workers=2), args.repeats
+                lambda s=samples, p=paths: scoring.score_table(s, p, NAMES, {}, workers=2), args.repeats
             )
             print(f"{label}: {n} images, median of {args.repeats}")
             print(f"  plain single-process loop : {n / loop_s:7.1f} img/s")

@@ -12,7 +12,7 @@ through the project's trainer with the config's train and sampling settings (one
 the rewards, whose scoring is not timed here). Then samples ``--eval-prompts`` test prompts
 (default ``sampling.eval_chunk``) as evaluation does. Prints, per method, seconds per iteration,
 images (leaves) per second and peak GPU memory, and the evaluation's images per second and peak
-memory, each beside the arithmetic estimate of ``pipeline.memory``. ``--size tiny --device cpu
+memory, each beside the arithmetic estimate of ``pipeline.workflow.memory``. ``--size tiny --device cpu
 --resolution 64`` checks the script on a CPU.
 """
 
@@ -30,12 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import config, memory, train  # noqa: E402
+from pipeline.config.files import merged, read_yaml  # noqa: E402
+from pipeline.config.load import load  # noqa: E402
 from pipeline.models.sd3 import SD3Policy  # noqa: E402
 from pipeline.models.sd3_random import random_sd3_pipeline  # noqa: E402
 from pipeline.rewards.quality import QualityReward  # noqa: E402
+from pipeline.rl.settings import loop_settings, method_spec
 from pipeline.rl.trainer import run_iteration  # noqa: E402
 from pipeline.sampling.tree import ode_samples  # noqa: E402
+from pipeline.workflow import memory  # noqa: E402
 
 WORDS = ["OPEN", "SALE", "HELLO", "TIGER", "ROCKET", "MAPLE", "CAMERA", "GARDEN"]
 
@@ -61,8 +64,8 @@ def main() -> int:
     if cuda and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU (or --size tiny --device cpu --resolution 64)")
         return 1
-    raw = config.merged(config.read_yaml("config.yaml"), config.read_yaml(args.config))
-    cfg = config.load(raw, str(args.config), check_paths=False)
+    raw = merged(read_yaml("config.yaml"), read_yaml(args.config))
+    cfg = load(raw, str(args.config), check_paths=False)
     resolution = args.resolution or cfg.model.resolution
     prompts = args.prompts or cfg.train.prompts_per_iteration // cfg.train.gpus
     torch.manual_seed(0)
@@ -94,7 +97,7 @@ def main() -> int:
         }
     )
     settings = dataclasses.replace(
-        train.loop_settings(cfg.train, dataclasses.asdict(cfg.sampling)),
+        loop_settings(cfg.train, dataclasses.asdict(cfg.sampling)),
         prompts_per_iteration=prompts,
         reward_weights={"quality": 1.0},
         z_weights={"quality": 1.0},
@@ -103,7 +106,7 @@ def main() -> int:
     parts = memory.training_estimate(cfg)
     estimate = sum(parts.values()) - parts["PickScore (float32)"]
     for name in args.methods.split(","):
-        method = train.method_spec(cfg.methods[name], cfg.sampling.train_steps, cfg.train.sde_steps)
+        method = method_spec(cfg.methods[name], cfg.sampling.train_steps, cfg.train.sde_steps)
         optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.train.learning_rate)
         if cuda:
             torch.cuda.reset_peak_memory_stats()

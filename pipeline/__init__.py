@@ -1,1 +1,1 @@
-"""Multi-GRPO study pipeline: every stage is a CLI module ``python -m pipeline.<stage>``."""
+"""Multi-GRPO study pipeline: every stage is a CLI module ``python -m pipeline.stages.<rule>``."""

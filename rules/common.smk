@@ -5,30 +5,34 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline import config as study_config
-from pipeline import memory as study_memory
-from pipeline import sources as study_sources
-from pipeline import stage_params as stage_json
-from pipeline.environment import interpreter_first_on_path
+from pipeline.config.audit import check_self_contained
+from pipeline.config.files import canonical_json, read_yaml
+from pipeline.config.load import check_rewards
+from pipeline.config.load import load as load_config
+from pipeline.config.schema import coerce_strings, with_schema_defaults
+from pipeline.workflow import memory as study_memory
+from pipeline.workflow import sources as study_sources
+from pipeline.workflow import stage_params as stage_json
+from pipeline.workflow.environment import interpreter_first_on_path
 from pipeline.rewards import REWARDS
 
-# Job shells run `python -m pipeline.<stage>`: make that this Snakemake's own interpreter.
+# Job shells run `python -m pipeline.stages.<rule>`: make that this Snakemake's own interpreter.
 interpreter_first_on_path()
 
 # Every config file read again strictly first: a duplicate key (which Snakemake's loader
 # silently resolves to the last value) or a syntax error names its file and line.
 for _configfile in workflow.configfiles:
-    study_config.read_yaml(_configfile)
+    read_yaml(_configfile)
 # Nested --config overrides arrive as strings ('report={grid_prompts: 6}' gives "6"): read
 # them as the schema's numbers, booleans and nulls. Then validated when the DAG is built: a
 # bad key, type or value fails here, before any job.
-config.update(study_config.coerce_strings(config))
-CFG = study_config.load(config, source="the study config")
-study_config.check_rewards(CFG, REWARDS, source="the study config")
+config.update(coerce_strings(config))
+CFG = load_config(config, source="the study config")
+check_rewards(CFG, REWARDS, source="the study config")
 # A self_contained study (the paper configs) takes no used key from config.yaml: what its
 # --configfile files and --config state is all it may rely on.
-study_config.check_self_contained(
-    study_config.with_schema_defaults(config),
+check_self_contained(
+    with_schema_defaults(config),
     dict(workflow.config_settings.overwrite_config),
     source=f"the study config ({', '.join(map(str, workflow.overwrite_configfiles)) or 'config.yaml'})",
     reward_sections={name: reward.config_sections for name, reward in REWARDS.items()},
@@ -62,40 +66,40 @@ BASE_DIR = f"{RESULTS}/base_model"
 # The base model's within-group reward spreads under the training sampler (base_group_spreads).
 SPREADS = f"{BASE_DIR}/card/group_spreads.json"
 
-# Every job that may use a GPU starts through the slot allocator (pipeline.gpu_slots): it
+# Every job that may use a GPU starts through the slot allocator (pipeline.workflow.gpu_slots): it
 # takes resources.gpu devices no other running job holds and pins the job to them.
-GPU_SLOTS = "python -m pipeline.gpu_slots {resources.gpu} -- "
+GPU_SLOTS = "python -m pipeline.workflow.gpu_slots {resources.gpu} -- "
 # The score stage needs a GPU only for a model reward (PickScore); OCR runs on the CPUs.
 SCORE_GPUS = int(any(REWARDS[name].on_device for name in CFG.rewards.score))
 
 
-def stage_sources(stage):
-    """The Python files ``python -m pipeline.<stage>`` runs: its module and every ``pipeline``
-    module it imports, directly or through others (``pipeline.sources``), so that editing one
-    reruns exactly the stages that run it.
+def stage_sources(rule):
+    """The Python files ``python -m pipeline.stages.<rule>`` runs: its module and every
+    ``pipeline`` module it imports, directly or through others (``pipeline.workflow.sources``),
+    so that editing one reruns exactly the stages that run it.
 
     ``mlflow_init`` lists only its own module: every other rule depends on its record, so a
-    shared module (``pipeline/tracking.py``) reruns the stages importing it, not the whole
+    shared module (``pipeline/runtime/tracking.py``) reruns the stages importing it, not the whole
     study through the record.
     """
-    if stage == "mlflow_init":
-        return ["pipeline/mlflow_init.py"]
-    return study_sources.stage_sources(f"pipeline.{stage}")
+    if rule == "mlflow_init":
+        return ["pipeline/stages/mlflow_init.py"]
+    return study_sources.stage_sources(f"pipeline.stages.{rule}")
 
 
-def config_json(stage):
-    """Canonical JSON of what ``stage`` reads (``pipeline.stage_params.<stage>_params``)."""
-    return study_config.canonical_json(getattr(stage_json, f"{stage}_params")(CFG))
+def config_json(rule):
+    """Canonical JSON of what ``rule`` reads (``pipeline.workflow.stage_params.<rule>_params``)."""
+    return canonical_json(getattr(stage_json, f"{rule}_params")(CFG))
 
 
 def runtime_json(slice_of_config):
-    """A params function handing a stage its run-time settings (``pipeline.stage_params``'s
+    """A params function handing a stage its run-time settings (``pipeline.workflow.stage_params``'s
     ``*_runtime``) outside the rerun trigger: Snakemake leaves a params function that takes
     ``resources`` out of the params it compares, as derived from the job, so changing a time
     guard or a worker count reruns nothing."""
 
     def params(wildcards, resources):
-        return study_config.canonical_json(slice_of_config(CFG))
+        return canonical_json(slice_of_config(CFG))
 
     return params
 
@@ -143,7 +147,7 @@ def base_model_files(wildcards):
 
 def train_params(wildcards):
     """Canonical JSON of what decides one training run's weights."""
-    return study_config.canonical_json(
+    return canonical_json(
         stage_json.train_params(CFG, wildcards.method, int(wildcards.seed))
     )
 
@@ -196,12 +200,12 @@ def weights_flag(wildcards, input):
     )
 
 
-def eval_params(wildcards):
+def sample_eval_params(wildcards):
     """Evaluation settings; a trained run's also its adapter shape."""
     seed = (
         None if wildcards.model == "base" else {**RUNS, **EQUAL_NFE}[wildcards.model][1]
     )
-    return study_config.canonical_json(stage_json.eval_params(CFG, seed))
+    return canonical_json(stage_json.sample_eval_params(CFG, seed))
 
 
 def report_inputs(wildcards):

@@ -16,7 +16,7 @@ rule generate_prompts:
     params:
         cfg=config_json("generate_prompts"),
     shell:
-        "python -u -m pipeline.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
+        "python -u -m pipeline.stages.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
         "--train {output.train:q} --test {output.test:q} --vocab {output.vocab:q} "
         "--mlflow-record {input.mlflow:q} --rule generate_prompts --run-id-file {output.run_id:q} "
         "> {log:q} 2>&1"
@@ -39,12 +39,12 @@ if CFG.dataset.source.kind == "captions":
         conda:
             "../envs/pipeline.yaml"
         params:
-            cfg=config_json("curate"),
+            cfg=config_json("curate_captions"),
             min_words=CFG.dataset.curation.min_words,
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -u -m pipeline.curate_captions --source {input.source:q} --out {output.table:q} "
+            "python -u -m pipeline.stages.curate_captions --source {input.source:q} --out {output.table:q} "
             "--min-words {params.min_words:q} {params.lines} --stats {output.stats:q} "
             "--mlflow-record {input.mlflow:q} --rule curate_captions "
             "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -55,7 +55,7 @@ else:
         """OCR-Color-10 curation of one split: keep, augment with a colour sentence, or drop."""
         input:
             source=prompt_source,
-            code=stage_sources("curate"),
+            code=stage_sources("curate_dataset"),
             mlflow=MLFLOW_RECORD,
         output:
             table=f"{DATASET_DIR}/{{split}}.parquet",
@@ -66,12 +66,12 @@ else:
         conda:
             "../envs/pipeline.yaml"
         params:
-            cfg=config_json("curate"),
+            cfg=config_json("curate_dataset"),
             seed=CFG.dataset.curation.seed,
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -u -m pipeline.curate --source {input.source:q} --out {output.table:q} "
+            "python -u -m pipeline.stages.curate_dataset --source {input.source:q} --out {output.table:q} "
             "--seed {params.seed:q} {params.lines} --stats {output.stats:q} "
             "--mlflow-record {input.mlflow:q} --rule curate_dataset --wildcards {params.wildcards:q} "
             "--run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -94,7 +94,7 @@ rule dataset_card:
         name=CFG.dataset.name,
         flags=card_flags,
     shell:
-        "python -u -m pipeline.dataset_card --name {params.name:q} "
+        "python -u -m pipeline.stages.dataset_card --name {params.name:q} "
         "--stats train={input.train:q} --stats test={input.test:q} {params.flags} "
         "--out {output.card:q} --mlflow-record {input.mlflow:q} --rule dataset_card "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"

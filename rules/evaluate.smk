@@ -19,14 +19,14 @@ rule sample_eval:
     resources:
         gpu=1,
     params:
-        cfg=eval_params,
+        cfg=sample_eval_params,
         base_dir=base_model_dir(),
         weights=weights_flag,
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
         GPU_SLOTS
-        + "python -u -m pipeline.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
+        + "python -u -m pipeline.stages.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
         "{params.weights} --test {input.test:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
         "--threads {threads} --mlflow-record {input.mlflow:q} --rule sample_eval "
         "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -52,12 +52,12 @@ rule score:
         gpu=SCORE_GPUS,
     params:
         names=",".join(CFG.rewards.score),
-        settings=study_config.canonical_json(stage_json.score_params(CFG)["settings"]),
+        settings=canonical_json(stage_json.score_params(CFG)["settings"]),
         strict="--strict" if CFG.evaluation.strict_images else "",
         wildcards=wildcards_json,
     shell:
         GPU_SLOTS
-        + "python -u -m pipeline.score --samples {input.samples:q} --out {output.rewards:q} "
+        + "python -u -m pipeline.stages.score --samples {input.samples:q} --out {output.rewards:q} "
         "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} {params.strict} "
         "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -104,6 +104,6 @@ rule report:
         flags=report_flags,
         out_dir=output_dir,
     shell:
-        "python -u -m pipeline.report {params.flags} --config-json {params.cfg:q} "
+        "python -u -m pipeline.stages.report {params.flags} --config-json {params.cfg:q} "
         "--out-dir {params.out_dir:q} --mlflow-record {input.mlflow:q} --rule report "
         "--run-id-file {output.run_id:q} > {log:q} 2>&1"

@@ -2,7 +2,7 @@ rule pretrain_base:
     """Rectified-flow pretraining of the mini base model (resumes from its checkpoint)."""
     input:
         train=f"{DATASET_DIR}/train.parquet",
-        code=stage_sources("pretrain"),
+        code=stage_sources("pretrain_base"),
         mlflow=MLFLOW_RECORD,
     output:
         info=f"{BASE_DIR}/train_info.json",
@@ -20,12 +20,12 @@ rule pretrain_base:
     resources:
         gpu=1,
     params:
-        cfg=config_json("pretrain"),
-        runtime=runtime_json(stage_json.pretrain_runtime),
+        cfg=config_json("pretrain_base"),
+        runtime=runtime_json(stage_json.pretrain_base_runtime),
         out_dir=output_dir,
     shell:
         GPU_SLOTS
-        + "python -u -m pipeline.pretrain --train {input.train:q} --config-json {params.cfg:q} "
+        + "python -u -m pipeline.stages.pretrain_base --train {input.train:q} --config-json {params.cfg:q} "
         "--runtime-json {params.runtime:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
         "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
@@ -37,7 +37,7 @@ rule base_group_spreads:
     input:
         model=f"{BASE_DIR}/model/model.safetensors",
         test=f"{DATASET_DIR}/test.parquet",
-        code=stage_sources("group_spreads"),
+        code=stage_sources("base_group_spreads"),
         mlflow=MLFLOW_RECORD,
     output:
         spreads=SPREADS,
@@ -52,11 +52,11 @@ rule base_group_spreads:
     resources:
         gpu=1,
     params:
-        cfg=config_json("group_spreads"),
+        cfg=config_json("base_group_spreads"),
         model_dir=lambda wildcards, input: str(Path(input.model).parent),
     shell:
         GPU_SLOTS
-        + "python -u -m pipeline.group_spreads --model-dir {params.model_dir:q} --test {input.test:q} "
+        + "python -u -m pipeline.stages.base_group_spreads --model-dir {params.model_dir:q} --test {input.test:q} "
         "--config-json {params.cfg:q} --out {output.spreads:q} --threads {threads} "
         "--mlflow-record {input.mlflow:q} --rule base_group_spreads --run-id-file {output.run_id:q} "
         "> {log:q} 2>&1"
@@ -68,7 +68,7 @@ rule base_model_card:
     input:
         unpack(card_eval_inputs),
         spreads=SPREADS,
-        code=stage_sources("model_card"),
+        code=stage_sources("base_model_card"),
         mlflow=MLFLOW_RECORD,
     output:
         card=f"{BASE_DIR}/card/README.md",
@@ -83,11 +83,11 @@ rule base_model_card:
         "../envs/pipeline.yaml"
     threads: 1
     params:
-        cfg=config_json("card"),
+        cfg=config_json("base_model_card"),
         out_dir=output_dir,
         vocab=vocab_flag,
     shell:
-        "python -u -m pipeline.model_card --train-info {input.info:q} --test {input.test:q} "
+        "python -u -m pipeline.stages.base_model_card --train-info {input.info:q} --test {input.test:q} "
         "--samples {input.samples:q} --rewards {input.rewards:q} --spreads {input.spreads:q} {params.vocab} "
         "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
         "--mlflow-record {input.mlflow:q} --rule base_model_card "

@@ -34,7 +34,7 @@ rule train:
         wildcards=wildcards_json,
     shell:
         GPU_SLOTS
-        + "python -u -m pipeline.train --method {wildcards.method:q} --train {input.train:q} "
+        + "python -u -m pipeline.stages.train --method {wildcards.method:q} --train {input.train:q} "
         "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
         "--out-dir {params.out_dir:q} {params.card} "
         "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "

@@ -4,5 +4,5 @@
 (FLUX.1-dev) load diffusers folders from disk and train a LoRA adapter. Build one with
 :func:`pipeline.models.backends.load_policy`. This package file imports nothing, so that a
 stage using one backend's module (pretraining: ``mini``) does not depend on the others'
-sources (:mod:`pipeline.sources`).
+sources (:mod:`pipeline.workflow.sources`).
 """

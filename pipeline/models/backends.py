@@ -15,7 +15,7 @@ BACKEND_OPTIONS = ("resolution", "dtype", "distilled_guidance", "require_gpu")
 
 
 def backend_options(model: dict) -> dict:
-    """The :func:`load_policy` keywords in a stage's ``model`` slice (pipeline.stage_params:
+    """The :func:`load_policy` keywords in a stage's ``model`` slice (pipeline.workflow.stage_params:
     none for mini, whose sizes live in its folder)."""
     return {key: model[key] for key in BACKEND_OPTIONS if key in model}
 

@@ -48,11 +48,11 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline import io
-from pipeline.checkpoint import read_tensors, require_finite
-from pipeline.curation import decide, first_quoted_span
+from pipeline.data.curation import decide, first_quoted_span
+from pipeline.data.palette import COLOR_NAMES
 from pipeline.models.policy import Conditioning
-from pipeline.palette import COLOR_NAMES
+from pipeline.runtime import io
+from pipeline.runtime.checkpoint import read_tensors, require_finite
 
 AUGMENTED_SENTENCE = re.compile(r'The colou?r of the text "([^"]*)" is ([a-z]+)\.')
 PAD, NULL, BOS = 0, 1, 2
@@ -77,7 +77,7 @@ class MiniConfig:
     # Pixel-unshuffle factor: 2 turns [3, 32, 128] into [12, 16, 64] (fewer, richer pixels).
     unshuffle: int = 2
     # Channels of the character position map (0 = no map) and the layout it follows
-    # (pipeline.render.Layout: first character's left edge and per-character advance, px).
+    # (pipeline.data.render.Layout: first character's left edge and per-character advance, px).
     position_map_channels: int = 8
     # Two fixed coordinate channels after the map (cell phase, vertical position); needs the map.
     cell_coordinates: bool = False

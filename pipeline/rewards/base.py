@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.curation import first_quoted_span
-from pipeline.palette import COLOR_NAMES
+from pipeline.data.curation import first_quoted_span
+from pipeline.data.palette import COLOR_NAMES
 from pipeline.rewards.ocr import OcrEngine
 
 

@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.images import as_rgb, srgb_to_lab
-from pipeline.palette import COLOR_NAMES, PALETTE
+from pipeline.data.images import as_rgb, srgb_to_lab
+from pipeline.data.palette import COLOR_NAMES, PALETTE
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_color
 from pipeline.rewards.foreground import separate
 from pipeline.rewards.ocr import OcrEngine, OcrReading

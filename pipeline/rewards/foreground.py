@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.images import srgb_to_lab
+from pipeline.data.images import srgb_to_lab
 
 # Width of the border band that estimates the background (pixels).
 BORDER_PX = 2

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.images import as_rgb
+from pipeline.data.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_text
 from pipeline.rewards.ocr import OcrEngine, exact_match, ocr_score
 

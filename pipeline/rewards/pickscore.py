@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.images import as_rgb
+from pipeline.data.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
 
 # Flow-GRPO divides PickScore by 26 to bring it near [0, 1].

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.images import as_rgb
+from pipeline.data.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
 from pipeline.rewards.foreground import separate
 

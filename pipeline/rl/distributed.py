@@ -1,6 +1,6 @@
 """Data-parallel GRPO across processes (one per GPU): ranks, prompt shards, gathers, gradients.
 
-``pipeline.train --nproc N`` re-launches itself through torchrun (:func:`launch`); every
+``pipeline.stages.train --nproc N`` re-launches itself through torchrun (:func:`launch`); every
 worker joins the process group (:func:`init`) and, per iteration:
 
 1. samples the forests of its contiguous shard of the iteration's prompts

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import train
+from pipeline.config.types import MethodConfig, TrainConfig
 from pipeline.models.backends import load_policy
-from pipeline.rl import trainer
+from pipeline.rl import rollouts, update
 from pipeline.rl.credit import edge_weights
-from tests.reference_rollout import per_prompt_forests
+from pipeline.rl.reference_rollout import per_prompt_forests
+from pipeline.rl.settings import loop_settings, method_spec
 from tests.smoke.tiny import tiny_mini_dir, train_config_json
 
 PROMPTS = [
@@ -38,15 +39,15 @@ def policy(tmp_path_factory):
 
 def _setup(method_name: str):
     raw = json.loads(train_config_json(method_name))
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
-    method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
+    settings = loop_settings(TrainConfig(**raw["train"]), raw["sampling"])
+    method = method_spec(MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     return method, settings
 
 
 @pytest.mark.parametrize("method_name", ["flow_grpo", "multi_grpo"])
 def test_batched_forest_equals_per_prompt_forests(policy, method_name):
     method, settings = _setup(method_name)
-    batched = trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=5)
+    batched = rollouts.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=5)
     reference = per_prompt_forests(policy, PROMPTS, 0, method, settings, iteration=5)
     for name in INDEX_FIELDS:
         assert torch.equal(getattr(batched, name), getattr(reference, name)), name
@@ -54,15 +55,15 @@ def test_batched_forest_equals_per_prompt_forests(policy, method_name):
     for name in ("sigma", "sigma_next", "latents", "next_latents", "log_prob"):
         torch.testing.assert_close(getattr(batched, name), getattr(reference, name), rtol=1e-4, atol=1e-5)
     # uint8 images: a float difference of 1e-6 can flip a pixel's rounding, never more than one level
-    images = trainer.leaf_images(policy, batched, settings)
-    diff = np.abs(images.astype(int) - trainer.leaf_images(policy, reference, settings).astype(int))
+    images = rollouts.leaf_images(policy, batched, settings)
+    diff = np.abs(images.astype(int) - rollouts.leaf_images(policy, reference, settings).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_a_different_iteration_draws_different_noise(policy):
     method, settings = _setup("flow_grpo")
-    one = trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=5)
-    other = trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=6)
+    one = rollouts.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=5)
+    other = rollouts.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=6)
     assert not torch.allclose(one.next_latents, other.next_latents)
 
 
@@ -71,13 +72,13 @@ def test_update_gradient_is_unchanged(policy):
     settings = dataclasses.replace(settings, beta=0.04)
     gradients = []
     for rollout in (
-        trainer.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=2),
+        rollouts.sample_prompts(policy, PROMPTS, 0, method, settings, iteration=2),
         per_prompt_forests(policy, PROMPTS, 0, method, settings, iteration=2),
     ):
         leaf_rewards = torch.linspace(0, 1, 3 * len(rollout.leaf_nodes)).reshape(-1, 3)
         weights = torch.tensor([1.0, 1.0, 0.1])
-        advantages = trainer.edge_advantages(rollout, leaf_rewards, weights, method)
-        edges = trainer.trained_edges(rollout, advantages, method.schedule.num_steps, False)
+        advantages = update.edge_advantages(rollout, leaf_rewards, weights, method)
+        edges = update.trained_edges(rollout, advantages, method.schedule.num_steps, False)
         assert len(edges) > 0
         cond, uncond = policy.encode(rollout.prompts)
         for param in policy.trainable_parameters():
@@ -89,7 +90,7 @@ def test_update_gradient_is_unchanged(policy):
             rollout.leaf_prompt,
             rollout.node_parent,
         )
-        loss, _, _ = trainer.edge_loss(
+        loss, _, _ = update.edge_loss(
             policy, rollout, edges, advantages, loss_weights, cond, uncond, settings
         )
         loss.backward()

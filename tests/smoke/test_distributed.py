@@ -1,7 +1,7 @@
 """Multi-process training: prompt shards, rank-independent noise, and two gloo processes on the
 CPU that end a training iteration with identical parameters, equal to one process's.
 
-Run as a module, this file is a torchrun worker: ``pipeline.train``'s entry point, with each
+Run as a module, this file is a torchrun worker: ``pipeline.stages.train``'s entry point, with each
 rank's trained weights saved to ``$DUMP_RANK_WEIGHTS/rank<r>.safetensors`` afterwards.
 """
 
@@ -17,11 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import train
+from pipeline.config.types import MethodConfig, TrainConfig
 from pipeline.models.backends import load_policy
+from pipeline.models.weights import trainable_weights
 from pipeline.rewards import build_rewards
-from pipeline.rl import distributed, trainer
+from pipeline.rl import distributed, rollouts, trainer
 from pipeline.rl.distributed import Ranks
+from pipeline.rl.settings import LoopSettings, MethodSpec, loop_settings, method_spec
+from pipeline.stages import train
 from tests.conftest import REPO
 from tests.smoke.tiny import tiny_mini_dir, train_config_json, train_jsons
 
@@ -49,9 +52,9 @@ def split(tmp_path_factory) -> Path:
     return path
 
 
-def _settings(raw: dict) -> tuple[trainer.MethodSpec, trainer.LoopSettings]:
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
-    method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
+def _settings(raw: dict) -> tuple[MethodSpec, LoopSettings]:
+    settings = loop_settings(TrainConfig(**raw["train"]), raw["sampling"])
+    method = method_spec(MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     return method, settings
 
 
@@ -98,7 +101,7 @@ def test_main_relaunches_itself_through_torchrun(tmp_path, split, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     argv = [*_args(tmp_path, split, tmp_path / "out", train_jsons(gpus=2)), "--nproc", "2"]
     assert train.main(argv) == 7  # the launcher's exit code
-    assert calls == [(2, "pipeline.train", argv)]
+    assert calls == [(2, "pipeline.stages.train", argv)]
 
 
 def test_prompt_noise_does_not_depend_on_the_shard(tmp_path):
@@ -106,8 +109,8 @@ def test_prompt_noise_does_not_depend_on_the_shard(tmp_path):
     policy = load_policy("mini", tiny_mini_dir(tmp_path / "mini"), device="cpu")
     method, settings = _settings(json.loads(train_config_json()))
     prompts = ['a sign "AB"', 'a sign "CD"', 'a sign "EF"']
-    whole = trainer.sample_prompts(policy, prompts, 0, method, settings, iteration=3)
-    tail = trainer.sample_prompts(policy, prompts[1:], 1, method, settings, iteration=3)
+    whole = rollouts.sample_prompts(policy, prompts, 0, method, settings, iteration=3)
+    tail = rollouts.sample_prompts(policy, prompts[1:], 1, method, settings, iteration=3)
     mine = whole.edge_prompt >= 1
     torch.testing.assert_close(whole.next_latents[mine], tail.next_latents, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole.log_prob[mine], tail.log_prob, rtol=0, atol=1e-6)
@@ -159,7 +162,7 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
 
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     two, one = (load_file(tmp_path / out / "weights.safetensors") for out in ("two", "one"))
-    initial = train.trainable_weights(load_policy("mini", base, device="cpu"))
+    initial = trainable_weights(load_policy("mini", base, device="cpu"))
     assert ranks[0].keys() == ranks[1].keys() == two.keys() == one.keys() == initial.keys()
     for name in one:
         assert torch.equal(ranks[0][name], ranks[1][name]), f"ranks differ on {name}"
@@ -181,16 +184,16 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
 
 
 def _dump_weights_after_training(folder: Path) -> None:
-    """Wrap ``pipeline.train.train`` so that every rank saves its weights when it returns."""
-    real = train.train
+    """Wrap ``pipeline.stages.train.train`` so that every rank saves its weights when it returns."""
+    real = trainer.train
 
     def dumping(policy, *args, **kwargs):
         info = real(policy, *args, **kwargs)
-        weights = {k: v.contiguous() for k, v in train.trainable_weights(policy).items()}
+        weights = {k: v.contiguous() for k, v in trainable_weights(policy).items()}
         save_file(weights, folder / f"rank{os.environ['RANK']}.safetensors")
         return info
 
-    train.train = dumping
+    trainer.train = dumping
 
 
 if __name__ == "__main__":

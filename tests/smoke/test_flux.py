@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import train
+from pipeline.config.types import MethodConfig, TrainConfig
 from pipeline.models.backends import load_policy
 from pipeline.models.flux import FluxPolicy, image_ids, pack_latents, unpack_latents
 from pipeline.models.flux_random import build_random_flux
 from pipeline.rewards import build_rewards
+from pipeline.rl.settings import loop_settings, method_spec
 from pipeline.rl.trainer import run_iteration
 from pipeline.sampling.tree import ode_samples
 from tests.smoke.tiny import train_config_json
@@ -164,8 +165,8 @@ def test_one_training_iteration_moves_only_lora(flux_dir, tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     before = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
     raw = json.loads(train_config_json("flow_grpo"))
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
-    method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
+    settings = loop_settings(TrainConfig(**raw["train"]), raw["sampling"])
+    method = method_spec(MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
     rows = [
         {"prompt": f'A sign that reads "{w}". The color of the text "{w}" is {c}.', "text": w, "color": c}

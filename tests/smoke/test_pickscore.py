@@ -8,9 +8,9 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from pipeline.data.text_images import LIGHT, render
 from pipeline.rewards import build_rewards
 from pipeline.rewards.pickscore import PICKSCORE_SCALE
-from tests.render import LIGHT, render
 
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
@@ -93,7 +93,7 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 
 def test_training_scores_pickscore_on_the_policy_device_and_ocr_in_cpu_workers(tiny_pickscore):
-    from pipeline.train import rollout_scorer
+    from pipeline.rl.trainer import rollout_scorer
 
     folder, _, _ = tiny_pickscore
     settings = {"pickscore": {"model_dir": str(folder / "model"), "processor_dir": str(folder / "processor")}}

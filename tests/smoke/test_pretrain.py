@@ -8,20 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import pretrain
-from pipeline.checkpoint import load_checkpoint
-from pipeline.model_card import cut_short_warning
+from pipeline.models import pretraining
 from pipeline.models.mini import MiniPolicy, load_mini
+from pipeline.runtime.checkpoint import load_checkpoint
+from pipeline.stages import pretrain_base
+from pipeline.stages.base_model_card import cut_short_warning
 from tests.smoke.tiny import TINY_MINI, guard_tripping_after
 
-# The time guard, handed over outside the rerun trigger (pipeline.stage_params).
+# The time guard, handed over outside the rerun trigger (pipeline.workflow.stage_params).
 RUNTIME = ["--runtime-json", json.dumps({"max_minutes": 5.0, "on_time_limit": "fail"})]
 
 PROMPTS = [(w, c) for w in ("CAT", "SUN", "TREE", "MOON", "LAKE") for c in ("red", "blue", "black")]
 
 
 def pretrain_args(split, config: dict, out, *extra: str, runtime: list[str] = RUNTIME) -> list[str]:
-    """``pipeline.pretrain``'s arguments for ``config`` (its JSON), the run-time guard and ``extra``."""
+    """``pipeline.stages.pretrain_base``'s arguments for ``config`` (its JSON), the run-time guard
+    and ``extra``."""
     return [
         "--train",
         str(split),
@@ -54,13 +56,13 @@ def test_loss_falls_and_checkpoint_reloads(tmp_path):
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    assert pretrain.main(pretrain_args(split, config, out)) == 0
+    assert pretrain_base.main(pretrain_args(split, config, out)) == 0
     losses = pd.read_parquet(out / "metrics.parquet")["loss"]
     assert losses.iloc[-1] < 0.7 * losses.iloc[0]
 
     saved = MiniPolicy(load_mini(out / "model"), trainable=False)
-    model = pretrain.build_model(
-        pretrain.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
+    model = pretraining.build_model(
+        pretraining.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
     )
     weights, state = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
     assert state["step"] == 40
@@ -83,9 +85,9 @@ def test_moving_average_is_saved_and_checkpointed(tmp_path):
         "mini": TINY_MINI,
     }
     out = tmp_path / "base"
-    assert pretrain.main(pretrain_args(split, config, out)) == 0
+    assert pretrain_base.main(pretrain_args(split, config, out)) == 0
     saved = load_mini(out / "model").state_dict()
-    model = pretrain.build_model(pretrain.MiniModelConfig(**TINY_MINI), 0)
+    model = pretraining.build_model(pretraining.MiniModelConfig(**TINY_MINI), 0)
     weights, _ = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
     names = [name for name, _ in model.named_parameters()]
     assert {f"ema.{i}" for i in range(len(names))} <= set(weights)
@@ -102,7 +104,7 @@ def test_checkpoint_of_another_model_config_starts_afresh(tmp_path):
     for mini in (TINY_MINI, TINY_MINI | {"template_channels": 2}):
         config = {"pretrain": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}, "mini": mini}
         args = pretrain_args(split, config, out)
-        assert pretrain.main(args) == 0
+        assert pretrain_base.main(args) == 0
     assert json.loads((out / "train_info.json").read_text())["model_config"]["template_channels"] == 2
     assert pd.read_parquet(out / "metrics.parquet")["step"].tolist() == [0, 1]
 
@@ -111,7 +113,7 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
     """A finite loss with an infinite gradient at the last pretraining step: the job fails
     naming the step, the model is not written, and the kept checkpoint is finite and loads."""
     split = write_split(tmp_path / "train.parquet")
-    real = pretrain.flow_matching_loss
+    real = pretraining.flow_matching_loss
     calls = {"n": 0}
 
     def poisoned(predicted, *args):
@@ -122,7 +124,7 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
             loss = loss + torch.sqrt(drift.abs())  # value unchanged, gradient infinite
         return loss
 
-    monkeypatch.setattr(pretrain, "flow_matching_loss", poisoned)
+    monkeypatch.setattr(pretraining, "flow_matching_loss", poisoned)
     config = {
         "pretrain": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "warmup_steps": 1},
         "mini": TINY_MINI,
@@ -130,10 +132,10 @@ def test_infinite_gradient_at_the_last_step_fails_and_writes_nothing_non_finite(
     out = tmp_path / "base"
     args = pretrain_args(split, config, out)
     with pytest.raises(FloatingPointError, match=r"gradient norm is (inf|nan) at step 5"):
-        pretrain.main(args)
+        pretrain_base.main(args)
     assert not (out / "model" / "model.safetensors").exists()
-    model = pretrain.build_model(
-        pretrain.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
+    model = pretraining.build_model(
+        pretraining.MiniModelConfig(**{**TINY_MINI, "block_out_channels": (16, 32, 32)}), 0
     )
     weights, state = load_checkpoint(out / "checkpoint", torch.optim.AdamW(model.parameters()))
     assert state["step"] == 3 and all(torch.isfinite(w).all() for w in weights.values())
@@ -148,7 +150,7 @@ def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) ->
     }
     args = pretrain_args(split, config, out, "--threads", "1")
     if stop_at is not None:
-        real, calls = pretrain.flow_matching_loss, {"n": 0}
+        real, calls = pretraining.flow_matching_loss, {"n": 0}
 
         def interrupted(*loss_args):
             calls["n"] += 1
@@ -156,11 +158,11 @@ def _pretrain_bytes(split, out, monkeypatch=None, stop_at: int | None = None) ->
                 raise KeyboardInterrupt  # as a kill would, between checkpoints
             return real(*loss_args)
 
-        monkeypatch.setattr(pretrain, "flow_matching_loss", interrupted)
+        monkeypatch.setattr(pretraining, "flow_matching_loss", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            pretrain.main(args)
-        monkeypatch.setattr(pretrain, "flow_matching_loss", real)
-    assert pretrain.main(args) == 0
+            pretrain_base.main(args)
+        monkeypatch.setattr(pretraining, "flow_matching_loss", real)
+    assert pretrain_base.main(args) == 0
     return (out / "model" / "model.safetensors").read_bytes()
 
 
@@ -183,14 +185,14 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
     config = {"pretrain": {"steps": 6, "batch_size": 2, "checkpoint_every": 6}, "mini": TINY_MINI}
     guard = ["--runtime-json", json.dumps({"on_time_limit": action, "max_minutes": 2.0})]
     args = pretrain_args(split, config, out, runtime=guard)
-    monkeypatch.setattr(pretrain, "TimeGuard", guard_tripping_after(3))
+    monkeypatch.setattr(pretraining, "TimeGuard", guard_tripping_after(3))
     if action == "fail":
-        with pytest.raises(SystemExit, match=r"pretrain.max_minutes = 2 min: 3 of 6 steps done"):
-            pretrain.main(args)
+        with pytest.raises(SystemExit, match=r"pretrain_base.max_minutes = 2 min: 3 of 6 steps done"):
+            pretrain_base.main(args)
         assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
         assert not (out / "train_info.json").exists()
         return
-    assert pretrain.main(args) == 0
+    assert pretrain_base.main(args) == 0
     info = json.loads((out / "train_info.json").read_text())
     assert (info["steps"], info["steps_configured"], info["cut_short"]) == (3, 6, True)
     assert "WARNING: cut short by its time guard after 3 of 6 steps" in cut_short_warning(info)
@@ -203,10 +205,10 @@ def test_a_code_edit_retrains_instead_of_resuming_the_finished_checkpoint(tmp_pa
     split = write_split(tmp_path / "train.parquet")
     config = {"pretrain": {"steps": 4, "batch_size": 2, "checkpoint_every": 2}, "mini": TINY_MINI}
     args = pretrain_args(split, config, tmp_path / "b")
-    assert pretrain.main(args) == 0
-    assert pretrain.main(args) == 0  # same code: resumes at the end, trains nothing
+    assert pretrain_base.main(args) == 0
+    assert pretrain_base.main(args) == 0  # same code: resumes at the end, trains nothing
     assert "resuming from step 4" in capsys.readouterr().out
-    monkeypatch.setattr(pretrain, "sources_digest", lambda entry: "edited")
-    assert pretrain.main(args) == 0
+    monkeypatch.setattr(pretrain_base, "sources_digest", lambda entry: "edited")
+    assert pretrain_base.main(args) == 0
     out = capsys.readouterr().out
     assert "starting afresh" in out and "step 4/4" in out

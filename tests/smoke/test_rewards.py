@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.images import load_image, srgb_to_lab
-from pipeline.palette import COLOR_NAMES, PALETTE
+from pipeline.data.images import load_image, srgb_to_lab
+from pipeline.data.palette import COLOR_NAMES, PALETTE
+from pipeline.data.text_images import DARK, FONTS, LIGHT, contrasting_background, render
 from pipeline.rewards import build_rewards
-from tests.render import DARK, FONTS, LIGHT, contrasting_background, render
 
 WORDS = ("HELLO", "CAMERA", "TIGER", "MAPLE")
 # Shades inside each name's region of colour space, not only the canonical RGB.
@@ -180,7 +180,7 @@ def test_sixteen_bit_greyscale_png_is_read_as_its_text(tmp_path):
 
 
 def test_uint16_and_out_of_range_arrays():
-    from pipeline.images import as_rgb
+    from pipeline.data.images import as_rgb
 
     grey = render("SUN", (0, 0, 0), (255, 255, 255))
     rgb, reason = as_rgb(grey.astype(np.uint16) * 257)

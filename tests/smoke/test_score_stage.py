@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import score
-from pipeline.palette import PALETTE
-from tests.render import LIGHT, render
+from pipeline.data.palette import PALETTE
+from pipeline.data.text_images import LIGHT, render
+from pipeline.stages import score
 
 NAMES = ("ocr", "color", "quality")
 

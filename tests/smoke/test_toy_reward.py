@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import report, score, stage_params, train
-from pipeline.images import as_rgb
-from pipeline.palette import PALETTE
+from pipeline.data.images import as_rgb
+from pipeline.data.palette import PALETTE
+from pipeline.data.text_images import LIGHT, render
 from pipeline.rewards import REWARDS
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
-from tests.render import LIGHT, render
+from pipeline.stages import report, score, train
+from pipeline.workflow import stage_params
 from tests.smoke.tiny import tiny_mini_dir, tiny_study
 
 

@@ -15,13 +15,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline import train
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config.types import MethodConfig, TrainConfig
 from pipeline.models.backends import load_policy
 from pipeline.rewards import build_rewards
-from pipeline.rl import trainer
+from pipeline.rl import rollouts, trainer, update
+from pipeline.rl.settings import loop_settings, method_spec
 from pipeline.rl.trainer import run_iteration
-from pipeline.time_guard import TimeGuard
+from pipeline.runtime.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.runtime.time_guard import TimeGuard
+from pipeline.stages import train
 from tests.conftest import REPO
 from tests.smoke.tiny import guard_tripping_after, tiny_mini_dir, train_config_json, train_jsons
 
@@ -38,9 +40,9 @@ def train_split(tmp_path_factory):
 
 
 def _one_iteration(policy, split, raw):
-    cfg = train.TrainConfig(**raw["train"])
-    settings = train.loop_settings(cfg, raw["sampling"])
-    method = train.method_spec(train.MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
+    cfg = TrainConfig(**raw["train"])
+    settings = loop_settings(cfg, raw["sampling"])
+    method = method_spec(MethodConfig(**raw["method"]), raw["sampling"]["train_steps"])
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
     rewards = build_rewards(["ocr", "color", "quality"])
     return run_iteration(policy, optimizer, rewards, pd.read_parquet(split), method, settings, 0)
@@ -112,7 +114,7 @@ def _train_args(tmp_path, split, jsons):
 def test_killed_run_resumes_and_completes(tmp_path, train_split):
     tiny_mini_dir(tmp_path / "mini")
     jsons = train_jsons(iterations=4, checkpoint_every=1, probe_every=2)
-    args = [sys.executable, "-m", "pipeline.train", *_train_args(tmp_path, train_split, jsons)]
+    args = [sys.executable, "-m", "pipeline.stages.train", *_train_args(tmp_path, train_split, jsons)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "out" / "checkpoint" / "state.json"
     deadline = time.time() + 300
@@ -133,7 +135,7 @@ def test_killed_run_resumes_and_completes(tmp_path, train_split):
 
 def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
-    real = trainer.ppo_clip_loss
+    real = update.ppo_clip_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -141,7 +143,7 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
         loss, stats = real(*args, **kwargs)
         return (loss * float("nan"), stats) if calls["n"] > 1 else (loss, stats)
 
-    monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
+    monkeypatch.setattr(update, "ppo_clip_loss", poisoned)
     jsons = train_jsons(iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=1, microbatch=1000)
     with pytest.raises(SystemExit, match="iteration 1: loss is nan; the last good checkpoint is kept"):
         train.main(_train_args(tmp_path, train_split, jsons))
@@ -152,18 +154,18 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_s
 def test_probe_is_deterministic_and_sees_the_policy_change(tmp_path, train_split):
     policy = load_policy("mini", tiny_mini_dir(tmp_path / "mini"), device="cpu")
     raw = json.loads(train_config_json())
-    settings = train.loop_settings(train.TrainConfig(**raw["train"]), raw["sampling"])
-    batch = trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0)
-    assert len(batch) == 3 and batch.equals(trainer.probe_batch(pd.read_parquet(train_split), 3, seed=0))
+    settings = loop_settings(TrainConfig(**raw["train"]), raw["sampling"])
+    batch = rollouts.probe_batch(pd.read_parquet(train_split), 3, seed=0)
+    assert len(batch) == 3 and batch.equals(rollouts.probe_batch(pd.read_parquet(train_split), 3, seed=0))
     rewards = build_rewards(["ocr", "color", "quality"])
-    first, second = (trainer.probe(policy, rewards, batch, settings, steps=3) for _ in range(2))
+    first, second = (rollouts.probe(policy, rewards, batch, settings, steps=3) for _ in range(2))
     assert first == second
     rows = 2 if settings.guidance > 1 else 1  # conditional (+ unconditional) rows per call
     assert first["nfe_probe"] == 3 * 3 * rows  # prompts x steps x rows
     with torch.no_grad():
         for p in policy.trainable_parameters():
             p.add_(0.5 * torch.randn_like(p))
-    moved = trainer.probe(policy, rewards, batch, settings, steps=3)
+    moved = rollouts.probe(policy, rewards, batch, settings, steps=3)
     assert moved["quality_mean"] != first["quality_mean"]
 
 
@@ -172,7 +174,7 @@ def test_infinite_gradient_with_finite_loss_stops_before_the_step(tmp_path, trai
     second iteration: the job stops naming the iteration and step, nothing non-finite is
     written, and the last good checkpoint loads."""
     tiny_mini_dir(tmp_path / "mini")
-    real = trainer.ppo_clip_loss
+    real = update.ppo_clip_loss
     calls = {"n": 0}
 
     def poisoned(log_prob, *args, **kwargs):
@@ -183,7 +185,7 @@ def test_infinite_gradient_with_finite_loss_stops_before_the_step(tmp_path, trai
             loss = loss + torch.sqrt(drift.abs())  # value unchanged, gradient infinite
         return loss, stats
 
-    monkeypatch.setattr(trainer, "ppo_clip_loss", poisoned)
+    monkeypatch.setattr(update, "ppo_clip_loss", poisoned)
     jsons = train_jsons(
         iterations=3, checkpoint_every=1, optimizer_steps_per_iteration=2, microbatch=1000, probe_prompts=0
     )
@@ -215,13 +217,13 @@ def test_checkpoint_refuses_non_finite_weights_and_keeps_the_previous(tmp_path):
 def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
     jsons = train_jsons(iterations=4, checkpoint_every=4, on_time_limit="fail", max_minutes=8.0)
-    monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
+    monkeypatch.setattr(trainer, "TimeGuard", guard_tripping_after(2))
     with pytest.raises(SystemExit, match=r"time guard train.max_minutes = 8 min: 2 of 4 iterations done"):
         train.main(_train_args(tmp_path, train_split, jsons))
     state = json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 2  # saved by the guard, between the configured checkpoints
     assert not (tmp_path / "out" / "train_info.json").exists()
-    monkeypatch.setattr(train, "TimeGuard", TimeGuard)
+    monkeypatch.setattr(trainer, "TimeGuard", TimeGuard)
     assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     assert list(pd.read_parquet(tmp_path / "out" / "metrics.parquet").iteration) == [0, 1, 2, 3]
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
@@ -231,7 +233,7 @@ def test_time_guard_fails_keeps_a_checkpoint_and_a_rerun_finishes(tmp_path, trai
 def test_time_guard_stop_marks_the_run_cut_short(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
     jsons = train_jsons(iterations=4, on_time_limit="stop", max_minutes=3.0)
-    monkeypatch.setattr(train, "TimeGuard", guard_tripping_after(2))
+    monkeypatch.setattr(trainer, "TimeGuard", guard_tripping_after(2))
     assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())
     assert (info["iterations"], info["iterations_configured"], info["cut_short"]) == (2, 4, True)

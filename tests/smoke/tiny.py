@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline import config, stage_params
+from pipeline.config.load import load
+from pipeline.config.types import StudyConfig
 from pipeline.models.mini import MiniConfig, MiniModel, save_mini
-from pipeline.time_guard import TimeGuard
+from pipeline.runtime.time_guard import TimeGuard
+from pipeline.workflow import stage_params
 from tests.conftest import REPO
 
 TINY_MINI = {"d_model": 32, "text_layers": 1, "block_out_channels": [16, 32, 32], "position_map_channels": 4}
@@ -24,9 +26,9 @@ def tiny_mini_dir(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def tiny_study(**train_overrides) -> config.StudyConfig:
+def tiny_study(**train_overrides) -> StudyConfig:
     """The default config at the smoke tests' size: 4 rollout steps, 2 prompts, 2 iterations."""
-    cfg = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+    cfg = load(yaml.safe_load((REPO / "config.yaml").read_text()))
     two_levels = {"branch_steps": (0, 1), "branch_factors": (2, 2)}
     methods = {
         name: dataclasses.replace(method, **two_levels) if method.branch_steps else method

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.agreement import compare, f1_score
-from pipeline.curate import curate, read_prompts
+from pipeline.data.agreement import compare, f1_score
+from pipeline.data.curation import curate
+from pipeline.data.prompt_files import read_prompts
 
 
 def test_f1_by_hand():

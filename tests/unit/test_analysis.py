@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.analysis import (
+from pipeline.reporting.analysis import (
     block_fit,
     comparisons,
     contrast,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _model_and_optimizer():

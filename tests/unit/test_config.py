@@ -10,7 +10,12 @@ import sys
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline.config.__main__ import _leaves, main, reference_markdown
+from pipeline.config.audit import check_self_contained
+from pipeline.config.files import canonical_json, config_hash, read_yaml
+from pipeline.config.load import check_rewards, load
+from pipeline.config.schema import SCHEMA_PATH, ConfigError, coerce_strings, load_schema, with_schema_defaults
+from pipeline.config.types import MethodConfig, StudyConfig
 from tests.conftest import REPO
 
 
@@ -19,7 +24,7 @@ def default_raw() -> dict:
 
 
 def test_default_config_loads():
-    cfg = config.load(default_raw())
+    cfg = load(default_raw())
     assert cfg.dataset.source.kind == "generated"
     assert cfg.mlflow.tracking_uri.startswith("sqlite:///")
 
@@ -58,8 +63,8 @@ def _set(raw: dict, path: str, value) -> dict:
     ],
 )
 def test_bad_values_name_key_and_value(path, value, expected):
-    with pytest.raises(config.ConfigError) as error:
-        config.load(_set(default_raw(), path, value), source="test.yaml")
+    with pytest.raises(ConfigError) as error:
+        load(_set(default_raw(), path, value), source="test.yaml")
     assert expected in str(error.value)
     assert "test.yaml" in str(error.value)
 
@@ -67,14 +72,14 @@ def test_bad_values_name_key_and_value(path, value, expected):
 def test_missing_required_key():
     raw = default_raw()
     del raw["dataset"]
-    with pytest.raises(config.ConfigError, match="'dataset' is a required property"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match="'dataset' is a required property"):
+        load(raw)
 
 
 def test_files_source_requires_paths():
     raw = _set(default_raw(), "dataset.source.kind", "files")
-    with pytest.raises(config.ConfigError, match="'files' is a required property"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match="'files' is a required property"):
+        load(raw)
 
 
 def test_missing_input_file_names_the_key(tmp_path):
@@ -82,29 +87,29 @@ def test_missing_input_file_names_the_key(tmp_path):
     raw = _set(
         raw, "dataset.source.files", {"train": str(tmp_path / "nope.txt"), "test": str(tmp_path / "t.txt")}
     )
-    with pytest.raises(config.ConfigError, match=r"'dataset.source.files.train': file .*nope.txt"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match=r"'dataset.source.files.train': file .*nope.txt"):
+        load(raw)
 
 
 def test_word_length_bounds_are_ordered():
     raw = _set(default_raw(), "dataset.source.generator.word_min_len", 7)
-    with pytest.raises(config.ConfigError, match="word_min_len' \\(7\\) is greater than word_max_len"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match="word_min_len' \\(7\\) is greater than word_max_len"):
+        load(raw)
 
 
 def test_template_channels_need_the_position_map():
     raw = _set(default_raw(), "model.mini.position_map_channels", 0)
-    with pytest.raises(config.ConfigError, match="'model.mini.cell_coordinates' \\(True\\) needs the char"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match="'model.mini.cell_coordinates' \\(True\\) needs the char"):
+        load(raw)
     raw = _set(raw, "model.mini.cell_coordinates", False)
-    with pytest.raises(config.ConfigError, match="'model.mini.template_channels' \\(4\\) needs the char"):
-        config.load(raw)
-    config.load(_set(raw, "model.mini.template_channels", 0))
+    with pytest.raises(ConfigError, match="'model.mini.template_channels' \\(4\\) needs the char"):
+        load(raw)
+    load(_set(raw, "model.mini.template_channels", 0))
 
 
 def test_several_errors_are_all_reported():
     raw = _set(_set(default_raw(), "dataset.curation.seed", -1), "mlflow.experiment", "")
-    message = str(pytest.raises(config.ConfigError, config.load, raw).value)
+    message = str(pytest.raises(ConfigError, load, raw).value)
     assert "dataset.curation.seed" in message and "mlflow.experiment" in message
 
 
@@ -127,29 +132,29 @@ def _dataclass_keys(cls, prefix: str = "") -> set[str]:
 
 
 def test_dataclasses_mirror_the_schema():
-    schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config.
-    assert _schema_keys(schema) == _dataclass_keys(config.StudyConfig) - {"train.seed"}
+    assert _schema_keys(schema) == _dataclass_keys(StudyConfig) - {"train.seed"}
     method_schema = schema["properties"]["methods"]["additionalProperties"]
-    assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(config.MethodConfig)}
+    assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(MethodConfig)}
 
 
 def test_the_old_single_training_seed_says_what_replaced_it():
     raw = _set(default_raw(), "train.seed", 3)
-    with pytest.raises(config.ConfigError, match=r"'train.seed' is now 'train.seeds'.*seeds: \[3\]"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match=r"'train.seed' is now 'train.seeds'.*seeds: \[3\]"):
+        load(raw)
 
 
 def test_every_shipped_config_is_valid():
     """Whole configs on their own; an overlay (without every top-level key) merged onto
     config.yaml, as Snakemake merges a --configfile."""
     for path in [REPO / "config.yaml", *sorted((REPO / "configs").glob("*.yaml"))]:
-        assert config.main([str(path), "--no-paths"]) == 0, path
+        assert main([str(path), "--no-paths"]) == 0, path
 
 
 def test_canonical_json_is_order_independent():
-    assert config.canonical_json({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
-    assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
+    assert canonical_json({"b": 1, "a": {"d": 2, "c": 3}}) == '{"a":{"c":3,"d":2},"b":1}'
+    assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
 
 
 @pytest.mark.parametrize(
@@ -165,9 +170,9 @@ def test_unknown_reward_name_in_config(key, value):
     """The schema takes any name; the registry decides, checked when the DAG is built."""
     from pipeline.rewards import REWARDS
 
-    cfg = config.load(_set(default_raw(), key, value))
-    with pytest.raises(config.ConfigError, match=f"'{key}': unknown reward 'beauty' \\(rewards: ocr, "):
-        config.check_rewards(cfg, REWARDS)
+    cfg = load(_set(default_raw(), key, value))
+    with pytest.raises(ConfigError, match=f"'{key}': unknown reward 'beauty' \\(rewards: ocr, "):
+        check_rewards(cfg, REWARDS)
 
 
 def test_the_config_command_checks_reward_names(tmp_path):
@@ -175,7 +180,7 @@ def test_the_config_command_checks_reward_names(tmp_path):
     path.write_text(
         "study: x\nmlflow: {}\ndataset: {source: {kind: generated}}\nrewards: {score: [beauty]}\n"
     )
-    assert config.main([str(path), "--no-paths"], rewards={"ocr": object}) == 1
+    assert main([str(path), "--no-paths"], rewards={"ocr": object}) == 1
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.config", str(path), "--no-paths"],
         cwd=REPO,
@@ -186,7 +191,7 @@ def test_the_config_command_checks_reward_names(tmp_path):
 
 
 def _schema_leaves():
-    return list(config._leaves(config.load_schema()))
+    return list(_leaves(load_schema()))
 
 
 def test_every_key_has_one_default_and_a_meaning_in_the_schema():
@@ -194,8 +199,8 @@ def test_every_key_has_one_default_and_a_meaning_in_the_schema():
     assert len(leaves) > 90
     assert not [key for key, node in leaves.items() if not str(node.get("description", "")).strip()]
     # Every dataclass default is the schema's (the dataclasses read them from it).
-    defaults = config.StudyConfig(study="x")
-    method = config.MethodConfig()
+    defaults = StudyConfig(study="x")
+    method = MethodConfig()
     for key, node in leaves.items():
         node_value = node["default"]
         if key.startswith("methods.NAME."):
@@ -226,7 +231,7 @@ def test_the_default_study_states_the_defaults():
 
 def test_the_key_reference_is_generated_from_the_schema():
     docs = (REPO / "docs" / "config.md").read_text()
-    assert docs == config.reference_markdown(), (
+    assert docs == reference_markdown(), (
         "regenerate: python -m pipeline.config --reference > docs/config.md"
     )
     assert "| `train.edge_fraction` | `1.0` |" in docs
@@ -240,17 +245,17 @@ def test_pickscore_without_local_model_names_the_key(key, value):
     """Scored or only trained: its folder (Reward.local_folders) is checked before any job."""
     from pipeline.rewards import REWARDS
 
-    cfg = config.load(_set(default_raw(), key, value))
+    cfg = load(_set(default_raw(), key, value))
     with pytest.raises(
-        config.ConfigError, match="'rewards.pickscore.model_dir': local folder '' does not exist"
+        ConfigError, match="'rewards.pickscore.model_dir': local folder '' does not exist"
     ):
-        config.check_rewards(cfg, REWARDS)
+        check_rewards(cfg, REWARDS)
 
 
 def test_reward_settings_build_every_reward_option():
     from pipeline.rewards import build_rewards
 
-    cfg = config.load(default_raw())
+    cfg = load(default_raw())
     rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.settings())
     assert rewards["color"].temperature == cfg.rewards.color.temperature
 
@@ -265,20 +270,20 @@ def test_reward_settings_build_every_reward_option():
 )
 def test_bad_methods(method, expected):
     raw = _set(default_raw(), "methods", {"bad": method})
-    with pytest.raises(config.ConfigError, match=expected):
-        config.load(raw)
+    with pytest.raises(ConfigError, match=expected):
+        load(raw)
 
 
 def test_sde_window_fits_the_steps_and_holds_every_branch_step():
     raw = _set(default_raw(), "train.sde_steps", 11)
-    with pytest.raises(config.ConfigError, match="'train.sde_steps' \\(11\\) is more than sampling"):
-        config.load(raw)
+    with pytest.raises(ConfigError, match="'train.sde_steps' \\(11\\) is more than sampling"):
+        load(raw)
     raw = _set(default_raw(), "train.sde_steps", 3)
     raw["methods"]["tree_grpo"] |= {"branch_steps": [1, 3], "branch_factors": [2, 2]}  # branches at step 3
-    with pytest.raises(config.ConfigError, match="'methods.tree_grpo.branch_steps': \\[1, 3\\] must lie"):
-        config.load(raw)
-    config.load(_set(raw, "train.sde_steps", 4))
-    config.load(default_raw())  # one SDE step, trees branching at step 0
+    with pytest.raises(ConfigError, match="'methods.tree_grpo.branch_steps': \\[1, 3\\] must lie"):
+        load(raw)
+    load(_set(raw, "train.sde_steps", 4))
+    load(default_raw())  # one SDE step, trees branching at step 0
 
 
 @pytest.mark.parametrize(
@@ -293,22 +298,22 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
     ],
 )
 def test_configs_that_used_to_fail_late_fail_at_load(path, value, expected):
-    with pytest.raises(config.ConfigError, match=expected):
-        config.load(_set(default_raw(), path, value))
+    with pytest.raises(ConfigError, match=expected):
+        load(_set(default_raw(), path, value))
 
 
 def test_yaml_reading_names_duplicate_keys_and_syntax_errors(tmp_path):
     duplicate = tmp_path / "duplicate.yaml"
     duplicate.write_text("train:\n  iterations: 3\n  seed: 1\n  iterations: 4\n")
     with pytest.raises(
-        config.ConfigError, match=r"duplicate.yaml, line 4: duplicate key 'iterations' \(first at line 2\)"
+        ConfigError, match=r"duplicate.yaml, line 4: duplicate key 'iterations' \(first at line 2\)"
     ):
-        config.read_yaml(duplicate)
+        read_yaml(duplicate)
     broken = tmp_path / "broken.yaml"
     broken.write_text("train:\n  iterations: [3\n")
-    with pytest.raises(config.ConfigError, match=r"broken.yaml, line 3, column 1: YAML syntax error"):
-        config.read_yaml(broken)
-    assert config.read_yaml(REPO / "config.yaml") == default_raw()
+    with pytest.raises(ConfigError, match=r"broken.yaml, line 3, column 1: YAML syntax error"):
+        read_yaml(broken)
+    assert read_yaml(REPO / "config.yaml") == default_raw()
 
 
 def test_command_line_strings_are_read_as_the_schema_types():
@@ -319,7 +324,7 @@ def test_command_line_strings_are_read_as_the_schema_types():
         "evaluation": {"seeds": ["0", "1"]},
         "methods": {"flow_grpo": {"roots": "8", "branch_steps": ["1"]}},
     }
-    out = config.coerce_strings(raw)
+    out = coerce_strings(raw)
     assert out["report"] == {"grid_prompts": 6, "title": "7"}  # a string stays a string where one is wanted
     assert out["train"] == {
         "learning_rate": 1e-4,
@@ -340,9 +345,9 @@ def test_yaml_aliases_are_refused_before_anything_walks_them(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\n")
     with pytest.raises(
-        config.ConfigError, match=r"bomb.yaml, line 2: YAML alias \*a0: aliases are not allowed"
+        ConfigError, match=r"bomb.yaml, line 2: YAML alias \*a0: aliases are not allowed"
     ):
-        config.read_yaml(bomb)
+        read_yaml(bomb)
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.config", str(bomb)],
         cwd=REPO,
@@ -357,14 +362,14 @@ def test_yaml_aliases_are_refused_before_anything_walks_them(tmp_path):
     ("key", "value"), [("study", "tiny\n"), ("dataset.name", "data\n"), ("methods", {"m\n": {}})]
 )
 def test_names_with_a_trailing_newline_are_refused(key, value):
-    with pytest.raises(config.ConfigError, match="does not match"):
-        config.load(_set(default_raw(), key, value))
+    with pytest.raises(ConfigError, match="does not match"):
+        load(_set(default_raw(), key, value))
 
 
 def test_effective_listing_marks_the_keys_an_overlay_takes_from_config_yaml(tmp_path, capsys):
     path = tmp_path / "overlay.yaml"
     path.write_text("study: x\ntrain: {iterations: 3}\n")
-    assert config.main([str(path), "--no-paths", "--effective", "--base", str(REPO / "config.yaml")]) == 0
+    assert main([str(path), "--no-paths", "--effective", "--base", str(REPO / "config.yaml")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "train.iterations: 3" in lines  # stated: not marked
     assert f"train.gpus: 1  << {REPO / 'config.yaml'}" in lines
@@ -375,19 +380,19 @@ def test_effective_listing_marks_the_keys_an_overlay_takes_from_config_yaml(tmp_
 
 
 def test_a_self_contained_overlay_may_take_no_used_key_from_config_yaml():
-    effective = config.with_schema_defaults(config.read_yaml(REPO / "config.yaml") | {"self_contained": True})
+    effective = with_schema_defaults(read_yaml(REPO / "config.yaml") | {"self_contained": True})
     stated = copy.deepcopy(effective)
-    config.check_self_contained(effective, stated, "x.yaml")  # everything stated: fine
+    check_self_contained(effective, stated, "x.yaml")  # everything stated: fine
     del stated["train"]["gpus"], stated["methods"]["tree_grpo"]["branch_factors"]
-    with pytest.raises(config.ConfigError, match=r"x.yaml: self_contained, yet 2 keys .*train.gpus \(1\), "):
-        config.check_self_contained(effective, stated, "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml: self_contained, yet 2 keys .*train.gpus \(1\), "):
+        check_self_contained(effective, stated, "x.yaml")
     # A method the study does not run, or a reward section no used reward reads, may stay unstated.
     effective["run_methods"] = stated["run_methods"] = ["flow_grpo"]
     stated["train"]["gpus"] = 1
     del stated["rewards"]["color"]["temperature"]
-    with pytest.raises(config.ConfigError, match="rewards.color.temperature"):
-        config.check_self_contained(effective, stated, "x.yaml")
+    with pytest.raises(ConfigError, match="rewards.color.temperature"):
+        check_self_contained(effective, stated, "x.yaml")
     effective["rewards"]["score"] = stated["rewards"]["score"] = ["ocr"]
     for weights in ("reward_weights", "std_floor"):
         effective["train"][weights] = stated["train"][weights] = {"ocr": 1.0}
-    config.check_self_contained(effective, stated, "x.yaml")
+    check_self_contained(effective, stated, "x.yaml")

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from pipeline import curate_captions, dataset_card
+from pipeline.stages import curate_captions, dataset_card
 
 
 def test_captions_are_normalised_and_dropped_by_reason(tmp_path):

@@ -8,9 +8,11 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import curate
-from pipeline.curation import augment, decide
-from pipeline.palette import COLOR_NAMES
+from pipeline.data import curation
+from pipeline.data.curation import augment, decide
+from pipeline.data.palette import COLOR_NAMES
+from pipeline.data.prompt_files import read_prompts
+from pipeline.stages import curate_dataset
 
 
 @pytest.mark.parametrize(
@@ -52,13 +54,13 @@ def test_augment_appends_the_colour_sentence():
 
 def test_balanced_colors_even_out_allowed_counts():
     already = Counter({"red": 5})
-    draws = curate.balanced_colors(45, already, seed=3)
+    draws = curation.balanced_colors(45, already, seed=3)
     totals = Counter(draws) + already
     assert len(draws) == 45
     assert set(totals) == set(COLOR_NAMES)
     assert max(totals.values()) - min(totals.values()) <= 1
-    assert draws == curate.balanced_colors(45, already, seed=3)
-    assert draws != curate.balanced_colors(45, already, seed=4)
+    assert draws == curation.balanced_colors(45, already, seed=3)
+    assert draws != curation.balanced_colors(45, already, seed=4)
 
 
 def _write_source(tmp_path):
@@ -78,15 +80,18 @@ def test_cli_output_columns_counts_and_determinism(tmp_path):
     first, second, other_seed = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
     stats = tmp_path / "stats.json"
     assert (
-        curate.main(["--source", str(source), "--out", str(first), "--seed", "7", "--stats", str(stats)]) == 0
+        curate_dataset.main(
+            ["--source", str(source), "--out", str(first), "--seed", "7", "--stats", str(stats)]
+        )
+        == 0
     )
-    assert curate.main(["--source", str(source), "--out", str(second), "--seed", "7"]) == 0
-    assert curate.main(["--source", str(source), "--out", str(other_seed), "--seed", "8"]) == 0
+    assert curate_dataset.main(["--source", str(source), "--out", str(second), "--seed", "7"]) == 0
+    assert curate_dataset.main(["--source", str(source), "--out", str(other_seed), "--seed", "8"]) == 0
     assert first.read_bytes() == second.read_bytes()
     assert first.read_bytes() != other_seed.read_bytes()
 
     table = pq.read_table(first).to_pandas()
-    assert list(table.columns) == list(curate.COLUMNS)
+    assert list(table.columns) == list(curation.COLUMNS)
     assert len(table) == 22
     assert 2 not in set(table.line_id) and 3 not in set(table.line_id)
     row = table.set_index("line_id").loc[1]
@@ -105,13 +110,13 @@ def test_cli_output_columns_counts_and_determinism(tmp_path):
 def test_cli_line_range(tmp_path):
     source = _write_source(tmp_path)
     out = tmp_path / "a.parquet"
-    assert curate.main(["--source", str(source), "--out", str(out), "--lines", "4:10"]) == 0
+    assert curate_dataset.main(["--source", str(source), "--out", str(out), "--lines", "4:10"]) == 0
     assert sorted(pq.read_table(out).column("line_id").to_pylist()) == list(range(4, 10))
 
 
 def test_cli_missing_source_names_the_file(tmp_path):
     with pytest.raises(SystemExit, match="no_such.txt"):
-        curate.main(["--source", str(tmp_path / "no_such.txt"), "--out", str(tmp_path / "x.parquet")])
+        curate_dataset.main(["--source", str(tmp_path / "no_such.txt"), "--out", str(tmp_path / "x.parquet")])
 
 
 def test_lines_end_at_newlines_only(tmp_path):
@@ -121,7 +126,7 @@ def test_lines_end_at_newlines_only(tmp_path):
     prompts = [f'A sign "W{i}"{separators[i % 4] if i % 3 == 0 else ""} in red' for i in range(16)]
     source = tmp_path / "prompts.txt"
     source.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(prompts).encode() + b"\r\n")
-    assert curate.read_prompts(source) == prompts
+    assert read_prompts(source) == prompts
 
 
 def test_invalid_utf8_names_the_line_and_byte(tmp_path):
@@ -130,4 +135,4 @@ def test_invalid_utf8_names_the_line_and_byte(tmp_path):
     with pytest.raises(
         SystemExit, match=r"prompts.txt: line 1 \(0-based\) is not UTF-8: .* at byte 21 of the file"
     ):
-        curate.read_prompts(source)
+        read_prompts(source)

@@ -1,4 +1,4 @@
-"""GPU pinning of concurrent jobs (pipeline.gpu_slots), on a machine with no GPU: the devices are
+"""GPU pinning of concurrent jobs (pipeline.workflow.gpu_slots), on a machine with no GPU: the devices are
 named through CUDA_VISIBLE_DEVICES and each job prints what it was given."""
 
 import os
@@ -21,7 +21,7 @@ def start_job(gpus: int, hold: float, environ: dict) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
-        "pipeline.gpu_slots",
+        "pipeline.workflow.gpu_slots",
         str(gpus),
         "--",
         sys.executable,

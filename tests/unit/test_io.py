@@ -8,7 +8,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline import io
+from pipeline.runtime import io
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -4,15 +4,18 @@ import dataclasses
 
 import pytest
 
-from pipeline import config, memory
+from pipeline.config.files import merged, read_yaml
+from pipeline.config.load import load
+from pipeline.config.types import StudyConfig
+from pipeline.workflow import memory
 from tests.conftest import REPO
 
 
-def paper(name: str) -> config.StudyConfig:
-    raw = config.merged(
-        config.read_yaml(REPO / "config.yaml"), config.read_yaml(REPO / "configs" / f"{name}.yaml")
+def paper(name: str) -> StudyConfig:
+    raw = merged(
+        read_yaml(REPO / "config.yaml"), read_yaml(REPO / "configs" / f"{name}.yaml")
     )
-    return config.load(raw, name, check_paths=False)
+    return load(raw, name, check_paths=False)
 
 
 def test_flux_training_activations_follow_the_per_block_rule_and_checkpointing_cuts_them():
@@ -44,5 +47,5 @@ def test_evaluation_text_encoding_grows_with_the_chunk():
 def test_the_report_names_each_part_and_the_mini_model_is_small():
     assert "training, per rank (microbatch 9): est. 48 GB" in memory.report(paper("paper_ocr_color"))
     assert "well under 1 GB" in memory.report(
-        config.load(config.read_yaml(REPO / "config.yaml"), check_paths=False)
+        load(read_yaml(REPO / "config.yaml"), check_paths=False)
     )

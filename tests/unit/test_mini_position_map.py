@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.data.render import Layout, render_word
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer
-from pipeline.render import Layout, render_word
 
 
 def _model(**overrides) -> MiniModel:

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from pipeline import progress as progress_module
-from pipeline.progress import Progress, duration
+from pipeline.runtime import progress as progress_module
+from pipeline.runtime.progress import Progress, duration
 
 
 class Clock:

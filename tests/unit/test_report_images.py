@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.report_figures import grid_image, sample_cells
+from pipeline.reporting.figures import grid_image, sample_cells
 
 
 def _study(tmp_path):

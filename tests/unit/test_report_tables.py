@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from pipeline.report_html import warnings_for
-from pipeline.report_tables import (
+from pipeline.reporting.html import warnings_for
+from pipeline.reporting.tables import (
     comparison_view,
     format_change,
     headline_table,

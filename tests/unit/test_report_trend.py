@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.report_tables import linear_trend
+from pipeline.reporting.tables import linear_trend
 
 
 def test_hand_computed_line():
@@ -39,7 +39,7 @@ def test_exact_line_has_zero_error_and_short_runs_give_nan():
 def test_stability_table_reports_the_mixed_reward_and_each_reward():
     import pandas as pd
 
-    from pipeline.report_tables import stability_table
+    from pipeline.reporting.tables import stability_table
 
     iterations = np.arange(8)
     metrics = pd.DataFrame(
@@ -62,7 +62,7 @@ def test_stability_table_reports_the_mixed_reward_and_each_reward():
 def test_paired_table_differences_per_image_with_standard_error():
     import pandas as pd
 
-    from pipeline.report_tables import paired_table
+    from pipeline.reporting.tables import paired_table
 
     base = pd.DataFrame({"model": "base", "line_id": [0, 1, 2], "seed": 0, "ocr": [0.2, 0.5, 0.9]})
     # Per image +0.1, +0.3, -0.1 (line 3 has no base image and is left out): mean 0.1,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.images import as_rgb, srgb_to_lab
-from pipeline.palette import COLOR_NAMES
+from pipeline.data.images import as_rgb, srgb_to_lab
+from pipeline.data.palette import COLOR_NAMES
 from pipeline.rewards.color import palette_probabilities
 from pipeline.rewards.ocr import exact_match, is_single_line, normalise, ocr_score
 

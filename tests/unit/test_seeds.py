@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.seeds import across_seeds, method_table, run_table, split_run
+from pipeline.reporting.seeds import across_seeds, method_table, run_table, split_run
 
 WEIGHTS = {"ocr": 1.0, "color": 1.0, "quality": 0.1}
 
@@ -67,7 +67,7 @@ def test_run_and_method_tables_by_hand():
 
 
 def test_nearest_snapshot_by_hand():
-    from pipeline.sample_eval import nearest_snapshot
+    from pipeline.stages.sample_eval import nearest_snapshot
 
     # Flat run: 3136 NFE per iteration; the tree's final 8 x 2384 = 19072 is nearest 6 x 3136.
     cumulative = {i: 3136.0 * i for i in range(1, 9)}
@@ -79,7 +79,7 @@ def test_nearest_snapshot_by_hand():
 
 
 def test_snapshot_files_lists_a_folder_by_iteration(tmp_path):
-    from pipeline.checkpoint import snapshot_files, snapshot_name
+    from pipeline.runtime.checkpoint import snapshot_files, snapshot_name
 
     for iteration in (4, 2):
         (tmp_path / snapshot_name(iteration)).touch()

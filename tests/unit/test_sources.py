@@ -8,22 +8,11 @@ import textwrap
 
 import pytest
 
-from pipeline.sources import imported_names, module_closure, sources_digest, stage_sources
+from pipeline.workflow.sources import imported_names, module_closure, sources_digest, stage_sources
 from tests.conftest import REPO
 
-STAGES = (
-    "generate_prompts",
-    "curate",
-    "curate_captions",
-    "dataset_card",
-    "pretrain",
-    "group_spreads",
-    "model_card",
-    "train",
-    "sample_eval",
-    "score",
-    "report",
-)
+# Every stage module, one per Snakemake rule.
+STAGES = sorted(path.stem for path in (REPO / "pipeline" / "stages").glob("*.py") if path.stem != "__init__")
 
 
 def _loaded_pipeline_modules(entry: str) -> set[str]:
@@ -35,26 +24,42 @@ def _loaded_pipeline_modules(entry: str) -> set[str]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_closure_holds_every_module_an_import_loads(stage):
-    entry = f"pipeline.{stage}"
+    entry = f"pipeline.stages.{stage}"
     assert _loaded_pipeline_modules(entry) <= set(module_closure(entry))
 
 
 def test_modules_the_hand_lists_missed_are_found():
     """The drift the hand-kept lists had: seeds.py (report), time_guard.py (train, pretrain),
     rl/ema.py (pretrain), checkpoint.py (pretrain)."""
-    assert "pipeline/seeds.py" in stage_sources("pipeline.report")
-    assert "pipeline/time_guard.py" in stage_sources("pipeline.train")
-    assert {"pipeline/time_guard.py", "pipeline/rl/ema.py", "pipeline/checkpoint.py"} <= set(
-        stage_sources("pipeline.pretrain")
+    assert "pipeline/reporting/seeds.py" in stage_sources("pipeline.stages.report")
+    assert "pipeline/runtime/time_guard.py" in stage_sources("pipeline.stages.train")
+    assert {"pipeline/runtime/time_guard.py", "pipeline/rl/ema.py", "pipeline/runtime/checkpoint.py"} <= set(
+        stage_sources("pipeline.stages.pretrain_base")
     )
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stages_run_no_config_audit_no_command_line_and_no_other_stage(stage):
+    """A stage reads its config slice as JSON: the schema and types, never the validation, the
+    audit or the config command (which would replan every stage when edited), nor another stage."""
+    sources = set(stage_sources(f"pipeline.stages.{stage}"))
+    assert not sources & {f"pipeline/config/{name}.py" for name in ("load", "audit", "__main__")}
+    assert {path for path in sources if path.startswith("pipeline/stages/")} == {
+        "pipeline/stages/__init__.py",
+        f"pipeline/stages/{stage}.py",
+    }
 
 
 def test_stages_do_not_depend_on_code_they_never_run():
     """Pretraining uses the mini model only; evaluation sampling scores nothing; the report
     neither samples nor scores."""
-    assert not {"pipeline/models/sd3.py", "pipeline/models/flux.py"} & set(stage_sources("pipeline.pretrain"))
-    assert not any(path.startswith("pipeline/rewards/") for path in stage_sources("pipeline.sample_eval"))
-    report = set(stage_sources("pipeline.report"))
+    assert not {"pipeline/models/sd3.py", "pipeline/models/flux.py"} & set(
+        stage_sources("pipeline.stages.pretrain_base")
+    )
+    assert not any(
+        path.startswith("pipeline/rewards/") for path in stage_sources("pipeline.stages.sample_eval")
+    )
+    report = set(stage_sources("pipeline.stages.report"))
     assert not any(path.startswith(("pipeline/models/", "pipeline/sampling/")) for path in report)
 
 

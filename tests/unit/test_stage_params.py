@@ -7,16 +7,18 @@ import dataclasses
 import pytest
 import yaml
 
-from pipeline import config, stage_params
+from pipeline.config.load import load
+from pipeline.config.types import TRAIN_RUNTIME_KEYS, StudyConfig, TrainConfig
+from pipeline.workflow import stage_params
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def cfg() -> config.StudyConfig:
-    return config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+def cfg() -> StudyConfig:
+    return load(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
-def _with(cfg, section: str, **changes) -> config.StudyConfig:
+def _with(cfg, section: str, **changes) -> StudyConfig:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
@@ -24,24 +26,24 @@ def _every_stage(cfg) -> dict:
     return {
         "mlflow_init": stage_params.mlflow_init_params(cfg),
         "generate_prompts": stage_params.generate_prompts_params(cfg),
-        "curate": stage_params.curate_params(cfg),
-        "pretrain": stage_params.pretrain_params(cfg),
-        "card": stage_params.card_params(cfg),
+        "curate": stage_params.curate_dataset_params(cfg),
+        "pretrain": stage_params.pretrain_base_params(cfg),
+        "card": stage_params.base_model_card_params(cfg),
         "score": stage_params.score_params(cfg),
         "report": stage_params.report_params(cfg),
         **{f"train {m}": stage_params.train_params(cfg, m, 0) for m in cfg.methods},
-        "eval base": stage_params.eval_params(cfg, None),
-        "eval run": stage_params.eval_params(cfg, 0),
+        "eval base": stage_params.sample_eval_params(cfg, None),
+        "eval run": stage_params.sample_eval_params(cfg, 0),
     }
 
 
 def test_a_training_run_gets_every_train_key_but_the_runtime_ones_and_the_seed_list(cfg):
     train = stage_params.train_params(cfg, "multi_grpo", 3)["train"]
-    fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
-    assert set(train) == fields - set(config.TRAIN_RUNTIME_KEYS) - {"seeds"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(train) == fields - set(TRAIN_RUNTIME_KEYS) - {"seeds"}
     assert train["seed"] == 3
     runtime = stage_params.train_runtime(cfg)
-    assert set(runtime) == {*config.TRAIN_RUNTIME_KEYS, "probe_steps"}
+    assert set(runtime) == {*TRAIN_RUNTIME_KEYS, "probe_steps"}
     # The probe previews the test split: the evaluation's guidance (probe_guidance null) and steps.
     assert (
         runtime["probe_guidance"] == cfg.sampling.guidance

@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import config, stage_params
-from pipeline.analysis import comparisons
-from pipeline.config import TRAIN_RUNTIME_KEYS
-from pipeline.rl.trainer import LoopSettings, MethodSpec, edge_transitions
+from pipeline.config.load import check_rewards, load
+from pipeline.config.schema import ConfigError
+from pipeline.config.types import TRAIN_RUNTIME_KEYS
+from pipeline.reporting.analysis import comparisons
+from pipeline.rl.settings import LoopSettings, MethodSpec, inverse_std_weights, run_plan, scored_rewards
+from pipeline.rl.update import edge_transitions
 from pipeline.sampling.schedule import TreeSchedule, equal_nfe_prompts, flow_sigmas, sde_mean_x_coefficient
 from pipeline.sampling.sde import sde_step_with_logprob
 from pipeline.sampling.tree import sample_tree
-from pipeline.train import inverse_std_weights, run_plan, scored_rewards
+from pipeline.workflow import stage_params
 from tests.unit.test_config import default_raw
 from tests.unit.test_tree import LinearPolicy
 
@@ -95,7 +97,7 @@ def test_branch_steps_sample_with_the_scaled_noise_and_the_loss_reads_it_back():
 
 
 def _plan(raw: dict, method: str, card=None):
-    cfg = config.load(raw, check_paths=False)
+    cfg = load(raw, check_paths=False)
     params = json.loads(json.dumps(stage_params.train_params(cfg, method, 0)))
     runtime = {key: getattr(cfg.train, key) for key in TRAIN_RUNTIME_KEYS}
     return run_plan(params, runtime, card)
@@ -157,9 +159,9 @@ def test_bad_design_keys_name_the_key(method, expected):
     raw = default_raw()
     raw["evaluation"]["equal_nfe_reference"] = None
     raw["methods"] = {"bad": method}
-    with pytest.raises(config.ConfigError, match=expected):
-        cfg = config.load(raw, check_paths=False)
-        config.check_rewards(cfg, {"ocr": None, "color": None, "quality": None}, check_paths=False)
+    with pytest.raises(ConfigError, match=expected):
+        cfg = load(raw, check_paths=False)
+        check_rewards(cfg, {"ocr": None, "color": None, "quality": None}, check_paths=False)
 
 
 def test_the_card_weights_need_the_mini_backends_card():
@@ -167,8 +169,8 @@ def test_the_card_weights_need_the_mini_backends_card():
     raw["model"] |= {"backend": "sd3", "path": "/nowhere"}
     raw["evaluation"]["equal_nfe_reference"] = None
     raw["methods"] = {"control": {"inverse_std_weights": True}}
-    with pytest.raises(config.ConfigError, match="needs the base model card, which only the mini"):
-        config.load(raw, check_paths=False)
+    with pytest.raises(ConfigError, match="needs the base model card, which only the mini"):
+        load(raw, check_paths=False)
 
 
 def test_grouping_is_tested_against_the_control_and_the_2x2_survives_it():

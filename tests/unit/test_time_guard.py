@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.time_guard import TimeGuard, TimeLimitReached
+from pipeline.runtime.time_guard import TimeGuard, TimeLimitReached
 
 
 class FakeClock:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import mlflow_init, tracking
+from pipeline.runtime import tracking
+from pipeline.stages import mlflow_init
 
 N_PROCESSES = 4
 STEPS = 15

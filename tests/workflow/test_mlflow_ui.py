@@ -1,4 +1,4 @@
-"""The MLflow UI as ``make ui`` serves it (``pipeline.mlflow_ui``, on 127.0.0.1) opens on the
+"""The MLflow UI as ``make ui`` serves it (``pipeline.runtime.mlflow_ui``, on 127.0.0.1) opens on the
 tiny study's runs table, and shows a metric (headless Chromium)."""
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(study):
-    """``(base URL, the runs link it printed)`` of ``python -m pipeline.mlflow_ui``."""
+    """``(base URL, the runs link it printed)`` of ``python -m pipeline.runtime.mlflow_ui``."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.mlflow_ui", "--db", "results/mlflow.db", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.runtime.mlflow_ui",
+            "--db",
+            "results/mlflow.db",
+            "--port",
+            str(port),
+        ],
         cwd=study,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         stdout=subprocess.PIPE,
@@ -61,7 +69,7 @@ def test_ui_lists_the_study_runs_and_a_metric(study, mlflow_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from pipeline.tracking import _client
+    from pipeline.runtime.tracking import _client
 
     client = _client(f"sqlite:///{study / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")

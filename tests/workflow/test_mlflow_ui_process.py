@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import mlflow_init
+from pipeline.stages import mlflow_init
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.workflow
@@ -58,7 +58,7 @@ def database(tmp_path) -> Path:
 
 
 def _start(database: Path, port: int, via_shell: bool) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pipeline.mlflow_ui", "--db", str(database), "--port", str(port)]
+    command = [sys.executable, "-m", "pipeline.runtime.mlflow_ui", "--db", str(database), "--port", str(port)]
     if via_shell:  # as make runs it: the wrapper is a child of the killed process
         command = ["bash", "-c", " ".join(command) + " & wait"]
     process = subprocess.Popen(
@@ -93,7 +93,7 @@ def test_ui_stop_ends_a_server_whose_wrapper_was_killed(database):
         wrapper.send_signal(signal.SIGKILL)  # nothing can clean up after this
         wrapper.wait()
         assert _group_alive(pgid) and _wait(lambda: _serving(port), 30)  # a loaded machine answers late
-        command = [sys.executable, "-m", "pipeline.mlflow_ui", "--db", str(database), "--stop"]
+        command = [sys.executable, "-m", "pipeline.runtime.mlflow_ui", "--db", str(database), "--stop"]
         stopped = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert f"stopped MLflow UI process group {pgid}" in stopped.stdout
         assert not _group_alive(pgid) and not _serving(port)

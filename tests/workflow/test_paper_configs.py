@@ -151,7 +151,8 @@ def test_eight_gpus_on_one_node_give_each_train_job_eight_ranks_and_pickscore_it
     out = result.stdout + result.stderr
     trains = job_resources(out, "train")
     assert len(trains) == 4 and {job["gpu"] for job in trains} == {"8"}  # train.gpus, granted whole
-    assert out.count("--nproc 8 ") == 4 and "pipeline.gpu_slots 8 -- python -u -m pipeline.train" in out
+    assert out.count("--nproc 8 ") == 4
+    assert "pipeline.workflow.gpu_slots 8 -- python -u -m pipeline.stages.train" in out
     assert {job["gpu"] for job in job_resources(out, "score")} == {"1"}  # PickScore on the GPU
     assert {job["gpu"] for job in job_resources(out, "sample_eval")} == {"1"}
     assert "training, per rank (microbatch 9): est. 48 GB" in out  # printed before any job

@@ -8,31 +8,35 @@ from collections import Counter
 
 import pytest
 
-from pipeline.sources import module_closure
+from pipeline.workflow.sources import module_closure
 from tests.workflow.conftest import TINY
 from tests.workflow.study import config_variant, planned_jobs
 
 pytestmark = pytest.mark.workflow
 
-# Each rule of the tiny study and the module its shell command runs (python -m pipeline.X).
-# mlflow_init depends on its own module only (rules/common.smk says why).
+# Each rule of the tiny study; its shell command runs the module named as the rule
+# (python -m pipeline.stages.<rule>). mlflow_init depends on its own module only
+# (rules/common.smk says why).
 RULE_ENTRY = {
-    "generate_prompts": "pipeline.generate_prompts",
-    "curate_dataset": "pipeline.curate",
-    "dataset_card": "pipeline.dataset_card",
-    "pretrain_base": "pipeline.pretrain",
-    "base_group_spreads": "pipeline.group_spreads",
-    "base_model_card": "pipeline.model_card",
-    "train": "pipeline.train",
-    "sample_eval": "pipeline.sample_eval",
-    "score": "pipeline.score",
-    "report": "pipeline.report",
+    rule: f"pipeline.stages.{rule}"
+    for rule in (
+        "generate_prompts",
+        "curate_dataset",
+        "dataset_card",
+        "pretrain_base",
+        "base_group_spreads",
+        "base_model_card",
+        "train",
+        "sample_eval",
+        "score",
+        "report",
+    )
 }
 
 
 def _rules_running(module: str) -> set[str]:
     rules = {rule for rule, entry in RULE_ENTRY.items() if module in module_closure(entry)}
-    return rules | ({"mlflow_init"} if module == "pipeline.mlflow_init" else set())
+    return rules | ({"mlflow_init"} if module == "pipeline.stages.mlflow_init" else set())
 
 
 def _module_name(path) -> str:
@@ -64,6 +68,19 @@ def test_editing_each_module_plans_exactly_the_stages_running_it(study):
             wrong.append(f"{relative}: planned {sorted(planned)}, expected {sorted(expected)}")
     assert not wrong, "\n".join(wrong)
     assert planned_jobs(study, *TINY) == {}, "restoring the modules should plan nothing again"
+
+
+@pytest.mark.parametrize("module", ["pipeline/config/audit.py", "pipeline/config/__main__.py"])
+def test_an_edit_to_the_config_audit_or_its_command_plans_nothing(study, module):
+    """The audit (self_contained, --effective) and the config command run when the workflow is
+    planned or by hand, never inside a stage: editing them replans no job."""
+    path = study / module
+    text = path.read_text()
+    path.write_text(text + "\n# edited by the rebuild test\n")
+    try:
+        assert planned_jobs(study, *TINY) == {}
+    finally:
+        path.write_text(text)
 
 
 def test_an_evaluation_key_plans_evaluation_and_no_training(study):

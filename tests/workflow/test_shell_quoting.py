@@ -32,7 +32,10 @@ def test_hostile_paths_are_quoted_not_executed(tmp_path):
 
     plan = snakemake(folder, "datasets/quoting/README.md", "-n", "-p", "--configfile", "hostile.yaml")
     # Each printed command splits into words with each path as one word, exactly.
-    for stage, path in (("pipeline.curate ", hostile), ("pipeline.dataset_card ", published)):
+    for stage, path in (
+        ("pipeline.stages.curate_dataset ", hostile),
+        ("pipeline.stages.dataset_card ", published),
+    ):
         commands = [line for line in plan.stdout.splitlines() if stage in line]
         assert commands, plan.stdout
         assert str(path) in shlex.split(commands[0]), commands[0]
@@ -51,5 +54,5 @@ def test_every_stage_runs_unbuffered(tmp_path):
     commands = [line.rsplit("python", 1)[1] for line in lines]
     assert len(commands) >= 10, plan.stdout
     assert all(command.startswith(" -u -m pipeline.") for command in commands), commands
-    wrapped = [line.split("python", 1)[1] for line in lines if "pipeline.gpu_slots" in line]
-    assert all(line.startswith(" -m pipeline.gpu_slots ") for line in wrapped) and len(wrapped) >= 5
+    wrapped = [line.split("python", 1)[1] for line in lines if "pipeline.workflow.gpu_slots" in line]
+    assert all(line.startswith(" -m pipeline.workflow.gpu_slots ") for line in wrapped) and len(wrapped) >= 5

@@ -83,7 +83,7 @@ def test_outputs_exist_with_expected_rows(study):
 
 
 def test_every_job_is_an_mlflow_run(study):
-    from pipeline.tracking import _client
+    from pipeline.runtime.tracking import _client
 
     client = _client(f"sqlite:///{study / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")

@@ -1,0 +1,1 @@
+"""The study config: its schema, typed sections, files, checks and audit (one module each)."""

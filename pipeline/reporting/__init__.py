@@ -1,0 +1,1 @@
+"""The report's parts: tables, figures, HTML, statistics and run/seed bookkeeping."""

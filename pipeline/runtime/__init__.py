@@ -1,0 +1,1 @@
+"""What every job uses while it runs: atomic files, checkpoints, time guards, MLflow, progress."""

@@ -1,0 +1,1 @@
+"""One module per Snakemake rule, named as the rule: ``python -m pipeline.stages.<rule>``."""
