@@ -6,7 +6,7 @@
 A design is a method of the study config with overrides (``DESIGNS`` below; ``--list`` prints
 them). For each design the bench draws ``--iterations`` independent iterations from the
 default study's base model and train split (other prompts, other noise) and runs each through
-the trainer's own phases (:func:`pipeline.rl.trainer.sample_and_score`, ``plan_edges`` and
+the trainer's own phases (:func:`pipeline.rl.rollouts.sample_and_score`, ``plan_edges`` and
 ``update``, with a recorder in place of the optimizer and no gradient clipping), so that every
 setting of the design (tree, edge subsampling, reinvested prompts) acts as in training. Each
 *setup* turns the same scored rollouts into one gradient per iteration:

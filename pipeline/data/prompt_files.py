@@ -6,6 +6,10 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 
+import pyarrow as pa
+
+from pipeline.runtime import io
+
 
 def parse_line_range(spec: str | None, n_lines: int) -> range:
     """``"a:b"`` -> ``range(a, b)`` clipped to the file; ``None`` -> every line."""
@@ -44,3 +48,15 @@ def read_prompts(path: Path) -> list[str]:
             ) from None
         offset += len(raw) + 1
     return prompts
+
+
+def write_curated(table: pa.Table, stats: dict, source: Path, out: Path, stats_out: Path | None) -> dict:
+    """Write a curated split (``out``, Parquet) and its statistics (``stats_out``, JSON, with the
+    source file's name); returns the counts a curation run logs (lines, kept, drops by reason)."""
+    stats["source_file"] = source.name
+    io.write_parquet(out, table)
+    if stats_out is not None:
+        io.write_json(stats_out, stats)
+    return {"lines": stats["lines"], "kept": stats["kept"]} | {
+        f"dropped.{reason}": n for reason, n in stats["dropped"].items()
+    }

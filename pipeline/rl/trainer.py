@@ -135,21 +135,21 @@ def train(
     cfg = plan[0]
     scorer = rollout_scorer(scored_rewards(cfg, raw), raw["rewards"], cfg.score_workers, policy.device)
     try:
-        return _train_loop(policy, train_split, raw, runtime, out_dir, run, ranks, scorer, plan, code_digest)
+        return _train_loop(policy, scorer, plan, train_split, raw, runtime, out_dir, run, ranks, code_digest)
     finally:
         scorer.close()
 
 
 def _train_loop(
     policy,
+    scorer: LeafScorer,
+    plan: tuple[TrainConfig, MethodSpec, LoopSettings],
     train_split: pd.DataFrame,
     raw: dict,
     runtime: dict,
     out_dir: Path,
     run,
     ranks: Ranks,
-    scorer: LeafScorer,
-    plan: tuple[TrainConfig, MethodSpec, LoopSettings],
     code_digest: str,
 ) -> dict:
     cfg, method, settings = plan

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.data.prompt_files import parse_line_range, read_prompts
-from pipeline.runtime import io, tracking
+from pipeline.data.prompt_files import parse_line_range, read_prompts, write_curated
+from pipeline.runtime import tracking
 
 SCHEMA = pa.schema(
     [("line_id", pa.int64())] + [(name, pa.string()) for name in ("prompt", "text", "color", "source")]
@@ -85,14 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     stage_config = {"lines": args.lines, "min_words": args.min_words, "source": args.source.name}
     with tracking.stage_run(args, stage_config) as run:
         table, stats = curate_captions(lines, line_ids, args.min_words)
-        stats["source_file"] = args.source.name
-        io.write_parquet(args.out, table)
-        if args.stats is not None:
-            io.write_json(args.stats, stats)
-        run.log_metrics(
-            {"lines": stats["lines"], "kept": stats["kept"]}
-            | {f"dropped.{reason}": n for reason, n in stats["dropped"].items()}
-        )
+        counts = write_curated(table, stats, args.source, args.out, args.stats)
+        run.log_metrics(counts)
     print(f"curated {stats['lines']} captions -> {stats['kept']} rows; dropped {stats['dropped']}")
     return 0
 

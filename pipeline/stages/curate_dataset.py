@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from pipeline.data.curation import curate
-from pipeline.data.prompt_files import parse_line_range, read_prompts
-from pipeline.runtime import io, tracking
+from pipeline.data.prompt_files import parse_line_range, read_prompts, write_curated
+from pipeline.runtime import tracking
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,15 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     stage_config = {"seed": args.seed, "lines": args.lines, "source": args.source.name}
     with tracking.stage_run(args, stage_config) as run:
         table, stats = curate(prompts, line_ids, args.seed)
-        stats["source_file"] = args.source.name
-        io.write_parquet(args.out, table)
-        if args.stats is not None:
-            io.write_json(args.stats, stats)
-        run.log_metrics(
-            {"lines": stats["lines"], "kept": stats["kept"]}
-            | {f"dropped.{reason}": n for reason, n in stats["dropped"].items()}
-            | {f"source.{name}": n for name, n in stats["by_source"].items()}
-        )
+        counts = write_curated(table, stats, args.source, args.out, args.stats)
+        run.log_metrics(counts | {f"source.{name}": n for name, n in stats["by_source"].items()})
     print(f"curated {stats['lines']} lines -> {stats['kept']} rows; dropped {stats['dropped']}")
     return 0
 

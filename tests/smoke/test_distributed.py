@@ -184,8 +184,9 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
 
 
 def _dump_weights_after_training(folder: Path) -> None:
-    """Wrap ``pipeline.stages.train.train`` so that every rank saves its weights when it returns."""
-    real = trainer.train
+    """Wrap the training run the stage calls (``pipeline.rl.trainer.train``, bound in
+    ``pipeline.stages.train``) so that every rank saves its weights when it returns."""
+    real = train.train
 
     def dumping(policy, *args, **kwargs):
         info = real(policy, *args, **kwargs)
@@ -193,7 +194,7 @@ def _dump_weights_after_training(folder: Path) -> None:
         save_file(weights, folder / f"rank{os.environ['RANK']}.safetensors")
         return info
 
-    trainer.train = dumping
+    train.train = dumping
 
 
 if __name__ == "__main__":
