@@ -73,8 +73,8 @@ GPU_SLOTS = "python -m pipeline.workflow.gpu_slots {resources.gpu} -- "
 SCORE_GPUS = int(any(REWARDS[name].on_device for name in CFG.rewards.score))
 
 
-def stage_sources(rule):
-    """The Python files ``python -m pipeline.stages.<rule>`` runs: its module and every
+def stage_sources(rule_name):
+    """The Python files ``python -m pipeline.stages.<rule_name>`` runs: its module and every
     ``pipeline`` module it imports, directly or through others (``pipeline.workflow.sources``),
     so that editing one reruns exactly the stages that run it.
 
@@ -82,14 +82,15 @@ def stage_sources(rule):
     shared module (``pipeline/runtime/tracking.py``) reruns the stages importing it, not the whole
     study through the record.
     """
-    if rule == "mlflow_init":
+    if rule_name == "mlflow_init":
         return ["pipeline/stages/mlflow_init.py"]
-    return study_sources.stage_sources(f"pipeline.stages.{rule}")
+    return study_sources.stage_sources(f"pipeline.stages.{rule_name}")
 
 
-def config_json(rule):
-    """Canonical JSON of what ``rule`` reads (``pipeline.workflow.stage_params.<rule>_params``)."""
-    return canonical_json(getattr(stage_json, f"{rule}_params")(CFG))
+def config_json(rule_name):
+    """Canonical JSON of what rule ``rule_name`` reads
+    (``pipeline.workflow.stage_params.<rule_name>_params``)."""
+    return canonical_json(getattr(stage_json, f"{rule_name}_params")(CFG))
 
 
 def runtime_json(slice_of_config):

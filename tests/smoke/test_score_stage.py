@@ -8,6 +8,7 @@ from PIL import Image
 
 from pipeline.data.palette import PALETTE
 from pipeline.data.text_images import LIGHT, render
+from pipeline.rewards import scoring
 from pipeline.stages import score
 
 NAMES = ("ocr", "color", "quality")
@@ -101,7 +102,7 @@ def test_unreadable_images_get_a_reason_and_the_rest_is_scored(samples, tmp_path
 
 def test_strict_makes_an_unreadable_image_an_error_before_scoring(samples, tmp_path, monkeypatch):
     (tmp_path / "img_5.png").write_bytes(b"garbage")
-    monkeypatch.setattr(score, "score_table", lambda *a, **k: pytest.fail("scored before the check"))
+    monkeypatch.setattr(scoring, "score_table", lambda *a, **k: pytest.fail("scored before the check"))
     args = ["--samples", str(samples), "--out", str(tmp_path / "r.parquet"), "--rewards", "ocr", "--strict"]
     with pytest.raises(SystemExit, match=r"row 5: image file .*img_5.png cannot be read.*--strict"):
         score.main(args)
