@@ -187,7 +187,7 @@ def test_time_guard_fails_or_marks_the_base_model_cut_short(tmp_path, monkeypatc
     args = pretrain_args(split, config, out, runtime=guard)
     monkeypatch.setattr(pretraining, "TimeGuard", guard_tripping_after(3))
     if action == "fail":
-        with pytest.raises(SystemExit, match=r"pretrain_base.max_minutes = 2 min: 3 of 6 steps done"):
+        with pytest.raises(SystemExit, match=r"pretrain.max_minutes = 2 min: 3 of 6 steps done"):
             pretrain_base.main(args)
         assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
         assert not (out / "train_info.json").exists()
