@@ -12,9 +12,9 @@ import torch
 
 from pipeline.config.types import MiniModelConfig, PretrainConfig
 from pipeline.data.render import Layout, render_example
+from pipeline.models.ema import Ema, without_averages
 from pipeline.models.flow_matching import flow_matching_loss, mixed_sigmas, noisy_sample, warmup_lr
 from pipeline.models.mini import MiniConfig, MiniModel, MiniTokenizer
-from pipeline.rl.ema import Ema, without_averages
 from pipeline.runtime.checkpoint import load_checkpoint, restart_remedy, save_checkpoint
 from pipeline.runtime.progress import Progress
 from pipeline.runtime.time_guard import TimeGuard

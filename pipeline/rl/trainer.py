@@ -21,6 +21,7 @@ import torch
 
 from pipeline.config.files import config_hash
 from pipeline.config.types import RewardsConfig, TrainConfig
+from pipeline.models.ema import Ema, without_averages
 from pipeline.models.policy import Policy, trainable_state
 from pipeline.models.weights import load_trainable_weights, save_weights, trainable_weights
 from pipeline.rewards import Reward, build_rewards
@@ -28,7 +29,6 @@ from pipeline.rewards.scoring import LeafScorer
 from pipeline.rl import distributed
 from pipeline.rl.credit import step_credit
 from pipeline.rl.distributed import SINGLE, Ranks
-from pipeline.rl.ema import Ema, without_averages
 from pipeline.rl.rollouts import PhaseTimer, indicator_means, probe, probe_batch, sample_and_score
 from pipeline.rl.settings import LoopSettings, MethodSpec, run_plan, scored_rewards
 from pipeline.rl.update import by_reward, plan_edges, update

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.models.ema import Ema
 from pipeline.models.policy import Conditioning, Policy
 from pipeline.rl.advantages import node_values, temporal_group_advantages
 from pipeline.rl.credit import edge_weights, subsample_edges
 from pipeline.rl.distributed import SINGLE, Ranks, gather_objects, sum_gradients
-from pipeline.rl.ema import Ema
 from pipeline.rl.loss import gaussian_kl, kl_per_unit_time, ppo_clip_loss, weighted_mean
 from pipeline.rl.rollouts import denoiser_precision
 from pipeline.rl.settings import LoopSettings, MethodSpec

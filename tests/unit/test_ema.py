@@ -6,8 +6,8 @@ from fractions import Fraction
 import pytest
 import torch
 
+from pipeline.models.ema import Ema, ema_decay_at, without_averages
 from pipeline.models.policy import Conditioning
-from pipeline.rl.ema import Ema, ema_decay_at, without_averages
 from pipeline.sampling.tree import guided_velocity
 
 
