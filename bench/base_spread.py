@@ -80,7 +80,7 @@ def group_spread_of(cfg: StudyConfig, model_dir: Path) -> dict[str, float]:
     rollout = {"guidance": cfg.train.guidance, "sde_steps": cfg.train.sde_steps}
     policy = MiniPolicy(load_mini(model_dir), trainable=False)
     sampling = stage_params.base_group_spreads_params(cfg)["sampling"]
-    figures = group_figures(policy, test, sampling, cfg.card, names, cfg.rewards.settings(), rollout)
+    figures = group_figures(policy, test, sampling, cfg.card, names, cfg.rewards.sections, rollout)
     return {k: v for k, v in figures.items() if k.endswith(("_group_std", "_groups_with_spread"))}
 
 

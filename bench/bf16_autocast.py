@@ -171,8 +171,8 @@ def whole_iterations(cfg, policy, initial, split, method, settings, iterations: 
     """Seconds per training iteration from the same weights, the precisions alternating."""
     base = settings["no"]
     names = [n for n, w in cfg.train.reward_weights.items() if w != 0]
-    rewards = build_rewards(names, cfg.rewards.settings())
-    scorer = LeafScorer(rewards, cfg.train.score_workers, cfg.rewards.settings())
+    rewards = build_rewards(names, cfg.rewards.sections)
+    scorer = LeafScorer(rewards, cfg.train.score_workers, cfg.rewards.sections)
     torch.set_num_threads(threads)
     images = base.prompts_per_iteration * method.schedule.leaves_per_prompt
     try:

@@ -280,9 +280,9 @@ def measure(design: str, raw: dict, args, rows: pd.DataFrame, base: Path) -> lis
     setups = args.setups.split(",")
     policy = load_policy("mini", base, device="cpu")
     recorders = {setup: GradientRecorder(policy.trainable_parameters()) for setup in setups}
-    scorer = LeafScorer(build_rewards(list(BASE_REWARDS), cfg.rewards.settings()), 2, cfg.rewards.settings())
+    scorer = LeafScorer(build_rewards(list(BASE_REWARDS), cfg.rewards.sections), 2, cfg.rewards.sections)
     # The probe: fixed prompts and noise at the evaluation's sampler, every reward scored.
-    probe_rewards = build_rewards(list(BASE_REWARDS), cfg.rewards.settings()) | {"brightness": Brightness()}
+    probe_rewards = build_rewards(list(BASE_REWARDS), cfg.rewards.sections) | {"brightness": Brightness()}
     probe_prompts = probe_batch(rows, args.probe_prompts, 0)
     probe_settings = dataclasses.replace(settings, guidance=cfg.sampling.guidance)
 

@@ -175,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy("mini", model_dir, device=device)
     initial = copy.deepcopy(policy.module.state_dict())
     names = [n for n, w in cfg.train.reward_weights.items() if w != 0]
-    rewards = build_rewards(names, cfg.rewards.settings())
-    scorer = LeafScorer(rewards, args.score_workers, cfg.rewards.settings())
+    rewards = build_rewards(names, cfg.rewards.sections)
+    scorer = LeafScorer(rewards, args.score_workers, cfg.rewards.sections)
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, score_workers "
         f"{args.score_workers}, rewards {names}, medians of {args.repeats} iterations"
     )
     if args.compare_workers:
         pools = [int(n) for n in args.compare_workers.split(",")]
-        scoring_comparison(rewards, cfg.rewards.settings(), pools, 256, args.repeats)
+        scoring_comparison(rewards, cfg.rewards.sections, pools, 256, args.repeats)
     warm_up = loop_settings(cfg.train, dataclasses.asdict(cfg.sampling))
     warm_method = method_spec(cfg.methods["flow_grpo"], cfg.sampling.train_steps)
     timed_iteration("current", policy, initial, rewards, scorer, split, warm_method, warm_up)

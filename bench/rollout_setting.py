@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if not base.is_dir():
         raise SystemExit(f"{base}: no base model; run `snakemake -c2 {base}/model.safetensors` first")
     policy = load_policy("mini", base, trainable=False)
-    rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.settings())
+    rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.sections)
     test = pd.read_parquet(Path("datasets") / cfg.dataset.name / "test.parquet")
     guidances = [float(g) for g in args.guidances.split(",")]
     rows = [

@@ -55,7 +55,10 @@ def load(raw: dict, source: str = "config", check_paths: bool = True) -> StudyCo
                 f"(defined: {', '.join(methods)})"
             )
         methods = {name: methods[name] for name in selected}
-    cfg = dataclasses.replace(cfg, methods=methods)
+    rewards = raw.get("rewards") or {}
+    sections = {name: dict(section) for name, section in rewards.items() if name != "score"}
+    rewards_config = dataclasses.replace(cfg.rewards, sections=sections)
+    cfg = dataclasses.replace(cfg, methods=methods, rewards=rewards_config)
     if "methods" in raw and not methods:  # absent: a curation-only study (configs/flow_grpo_ocr_test.yaml)
         raise ConfigError(f"{source}: config key 'methods' is empty: the study would train nothing")
     if cfg.train.sde_steps > cfg.sampling.train_steps:
@@ -171,12 +174,13 @@ def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, s
 
 
 def check_rewards(cfg: StudyConfig, registry: dict, source: str = "config", check_paths: bool = True) -> None:
-    """Fail on a reward name that is not in ``registry`` (``pipeline.rewards.REWARDS``), naming
-    the key, and (``check_paths``) on a local folder that a used reward needs
-    (``Reward.local_folders``) and that does not exist. The schema takes any name, so that a new
-    reward is its module and one registry line; the registry is passed in because this module
-    must not import the rewards (every stage imports it, and would then rerun whenever a
-    reward's code changes)."""
+    """Fail on a reward name that is not in ``registry`` (``pipeline.rewards.REWARDS``), on a
+    ``rewards.<name>`` section that no registered reward's settings class reads, or that class
+    refuses (a key it lacks, a value of the wrong type), naming the key, and (``check_paths``)
+    on a local folder that a used reward needs (``Reward.local_folders``) and that does not
+    exist. The schema takes any reward name and section, so that a new reward, settings
+    included, is its module and one registry line; the registry is passed in so that the
+    config package does not depend on the rewards' code."""
     named = {
         "rewards.score": list(cfg.rewards.score),
         "train.reward_weights": list(cfg.train.reward_weights),
@@ -194,12 +198,22 @@ def check_rewards(cfg: StudyConfig, registry: dict, source: str = "config", chec
                 f"{source}: config key {key!r}: unknown reward {', '.join(map(repr, unknown))} "
                 f"(rewards: {', '.join(registry)})"
             )
+    with_settings = [name for name, reward in registry.items() if getattr(reward, "settings_class", None)]
+    for name, section in cfg.rewards.sections.items():
+        if name not in with_settings:
+            raise ConfigError(
+                f"{source}: config key 'rewards.{name}': no reward has settings of this name "
+                f"(rewards with settings: {', '.join(with_settings)})"
+            )
+        try:
+            registry[name].read_settings(section)
+        except ValueError as error:
+            raise ConfigError(f"{source}: config key {error}") from None
     if not check_paths:
         return
-    settings = cfg.rewards.settings()
     for name in dict.fromkeys([*cfg.rewards.score, *cfg.trained_rewards()]):
         for folder in registry[name].local_folders:
-            path = settings.get(name, {}).get(folder) or ""
+            path = cfg.rewards.sections.get(name, {}).get(folder) or ""
             if not path or not Path(path).is_dir():
                 raise ConfigError(
                     f"{source}: config key 'rewards.{name}.{folder}': local folder {path!r} does not exist"
@@ -222,9 +236,10 @@ def input_dirs(cfg: StudyConfig) -> dict[str, str]:
     dirs = {}
     if cfg.model.backend in ("sd3", "flux"):
         dirs["model.path"] = cfg.model.path or ""
-    if cfg.rewards.ocr.backend == "paddleocr":
-        dirs["rewards.ocr.paddle_det_dir"] = cfg.rewards.ocr.paddle_det_dir or ""
-        dirs["rewards.ocr.paddle_rec_dir"] = cfg.rewards.ocr.paddle_rec_dir or ""
+    ocr = cfg.rewards.sections.get("ocr", {})
+    if ocr.get("backend") == "paddleocr":
+        dirs["rewards.ocr.paddle_det_dir"] = ocr.get("paddle_det_dir") or ""
+        dirs["rewards.ocr.paddle_rec_dir"] = ocr.get("paddle_rec_dir") or ""
     return dirs
 
 

@@ -68,40 +68,13 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-@defaults_from_schema("rewards.ocr")
-class OcrSettings:
-    backend: str
-    mode: str
-    paddle_det_dir: str | None
-    paddle_rec_dir: str | None
-
-
-@dataclass(frozen=True)
-@defaults_from_schema("rewards.color")
-class ColorSettings:
-    temperature: float
-    use_ocr_boxes: bool
-
-
-@dataclass(frozen=True)
-@defaults_from_schema("rewards.pickscore")
-class PickScoreSettings:
-    model_dir: str | None
-    processor_dir: str | None
-    batch_size: int
-
-
-@dataclass(frozen=True)
 @defaults_from_schema("rewards")
 class RewardsConfig:
     score: tuple[str, ...]
-    ocr: OcrSettings = field(default_factory=OcrSettings)
-    color: ColorSettings = field(default_factory=ColorSettings)
-    pickscore: PickScoreSettings = field(default_factory=PickScoreSettings)
-
-    def settings(self) -> dict:
-        """Per-reward options for :func:`pipeline.rewards.build_rewards` (no ``score`` list)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "score"}
+    # Not a schema key: the settings sections the config states, ``rewards.<reward name>``,
+    # as given. Each reward's settings class (``Reward.settings_class``, in its own module)
+    # fills in its defaults and checks its keys (pipeline.rewards.full_settings).
+    sections: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

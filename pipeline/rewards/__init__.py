@@ -7,6 +7,8 @@ error that lists the valid names. Rewards share one signature,
 
 from __future__ import annotations
 
+import dataclasses
+
 from pipeline.rewards.base import Reward, RewardOutput
 from pipeline.rewards.color import ColorReward
 from pipeline.rewards.ocr import OcrEngine
@@ -14,21 +16,20 @@ from pipeline.rewards.ocr_reward import OcrReward
 from pipeline.rewards.pickscore import PickScoreReward
 from pipeline.rewards.quality import QualityReward
 
-
-def _ocr_engine(settings: dict, threads: int) -> OcrEngine:
-    ocr = settings.get("ocr", {})
-    return OcrEngine(
-        backend=ocr.get("backend", "rapidocr"),
-        mode=ocr.get("mode", "auto"),
-        threads=threads,
-        paddle_det_dir=ocr.get("paddle_det_dir"),
-        paddle_rec_dir=ocr.get("paddle_rec_dir"),
-    )
-
-
 REWARDS: dict[str, type[Reward]] = {
     cls.name: cls for cls in (OcrReward, ColorReward, QualityReward, PickScoreReward)
 }
+
+
+def full_settings(sections: dict | None = None) -> dict[str, dict]:
+    """Every registered reward's settings section (``Reward.settings_class``), the values of
+    ``sections`` (``rewards.<name>`` as a config states them) over the class's defaults."""
+    sections = sections or {}
+    return {
+        name: dataclasses.asdict(reward.read_settings(sections.get(name, {})))
+        for name, reward in REWARDS.items()
+        if reward.settings_class is not None
+    }
 
 
 def check_names(names: list[str]) -> None:
@@ -47,20 +48,21 @@ def build_rewards(
 
     Args:
         names: reward names, e.g. ``["ocr", "color", "quality"]``.
-        settings: the ``rewards`` config section (per-reward options).
+        settings: the ``rewards.<name>`` sections as a config states them (absent keys and
+            sections at each settings class's defaults, :func:`full_settings`).
         device: torch device for model-based rewards.
         ocr_threads: onnxruntime threads of the shared OCR engine (0 = default).
     """
     check_names(names)
-    settings = settings or {}
+    settings = full_settings(settings)
     shared: list[OcrEngine] = []
 
     def engine() -> OcrEngine:
         if not shared:
-            shared.append(_ocr_engine(settings, ocr_threads))
+            shared.append(OcrEngine(**settings[OcrReward.name], threads=ocr_threads))
         return shared[0]
 
     return {name: REWARDS[name].from_settings(settings.get(name, {}), engine, device) for name in names}
 
 
-__all__ = ["REWARDS", "Reward", "RewardOutput", "build_rewards", "check_names"]
+__all__ = ["REWARDS", "Reward", "RewardOutput", "build_rewards", "check_names", "full_settings"]

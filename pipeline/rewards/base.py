@@ -8,6 +8,7 @@ several rewards reading the same image run OCR once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -48,6 +49,10 @@ class Reward:
     higher_is_better: bool = True
     # 0/1 indicators in its details, reported as rates beside its score: detail key -> label.
     indicators: ClassVar[dict[str, str]] = {}
+    # The dataclass of its own settings section ``rewards.<name>`` (None: it has none). Fields
+    # without a value in the config take the class's defaults; the built-in rewards' classes
+    # read theirs from the schema, which also documents them (docs/config.md).
+    settings_class: ClassVar[type | None] = None
     # The ``rewards`` config sections it reads: its own, and the shared OCR engine's ("ocr")
     # if it reads text. A stage is handed (and reruns for) these sections only.
     config_sections: ClassVar[tuple[str, ...]] = ()
@@ -65,6 +70,29 @@ class Reward:
     on_device: bool = False
 
     @classmethod
+    def read_settings(cls, section: dict):
+        """Its settings (an instance of :attr:`settings_class`) from its config section, absent
+        keys at their defaults. A key the class lacks, or a value of another type than the
+        key's default, is a ValueError naming ``rewards.<name>.<key>``."""
+        if cls.settings_class is None:
+            if section:
+                raise ValueError(f"'rewards.{cls.name}': this reward has no settings ({dict(section)})")
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls.settings_class)}
+        for key, value in section.items():
+            if key not in fields:
+                raise ValueError(
+                    f"'rewards.{cls.name}.{key}': unknown key (valid keys here: {', '.join(fields)})"
+                )
+            default = fields[key].default
+            if not _same_kind(value, default):
+                raise ValueError(
+                    f"'rewards.{cls.name}.{key}': {value!r} is invalid: the default is {default!r}, "
+                    f"a {type(default).__name__}"
+                )
+        return cls.settings_class(**section)
+
+    @classmethod
     def from_settings(cls, settings: dict, engine: Callable[[], OcrEngine], device: str) -> Reward:
         """Build from this reward's config section; ``engine()`` returns the shared OCR engine."""
         return cls(**settings)
@@ -74,6 +102,18 @@ class Reward:
 
     def __call__(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> np.ndarray:
         return self.score(images, prompts, metadata).scores
+
+
+def _same_kind(value, default) -> bool:
+    """Whether config ``value`` may stand where the settings class has ``default``: the same
+    type (an int for a float), or either of them null (an optional key)."""
+    if value is None or default is None or default is dataclasses.MISSING:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def target_text(prompt: str, meta: dict, row: int) -> str:

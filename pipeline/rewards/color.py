@@ -18,10 +18,12 @@ how sharp the boundary is. The predicted colour (``argmax p``) gives colour accu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
+from pipeline.config.schema import defaults_from_schema
 from pipeline.data.images import as_rgb, srgb_to_lab
 from pipeline.data.palette import COLOR_NAMES, PALETTE
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_color
@@ -60,6 +62,15 @@ def text_region(rgb: np.ndarray, reading: OcrReading | None) -> np.ndarray:
     return rgb[y0:y1, x0:x1]
 
 
+@dataclass(frozen=True)
+@defaults_from_schema("rewards.color")
+class ColorSettings:
+    """``rewards.color``: ColorReward's arguments of the same names."""
+
+    temperature: float
+    use_ocr_boxes: bool
+
+
 class ColorReward(Reward):
     """Args:
     temperature: softmax temperature in Delta-E units (module docstring).
@@ -71,6 +82,7 @@ class ColorReward(Reward):
     name = "color"
     label = "colour reward"
     indicators: ClassVar[dict[str, str]] = {"color_correct": "colour accuracy"}
+    settings_class = ColorSettings
     config_sections: ClassVar[tuple[str, ...]] = ("color", "ocr")
     needs_ocr = True  # by default (use_ocr_boxes); an instance without boxes sets False
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
+from pipeline.config.schema import defaults_from_schema
 from pipeline.data.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_text
 from pipeline.rewards.ocr import OcrEngine, exact_match, ocr_score
+
+
+@dataclass(frozen=True)
+@defaults_from_schema("rewards.ocr")
+class OcrSettings:
+    """``rewards.ocr``: the OCR engine that every reward reading text shares."""
+
+    backend: str
+    mode: str
+    paddle_det_dir: str | None
+    paddle_rec_dir: str | None
 
 
 class OcrReward(Reward):
@@ -20,6 +33,7 @@ class OcrReward(Reward):
     name = "ocr"
     label = "OCR reward"
     indicators: ClassVar[dict[str, str]] = {"ocr_exact": "OCR exact match"}
+    settings_class = OcrSettings
     config_sections: ClassVar[tuple[str, ...]] = ("ocr",)
     needs_ocr = True
 

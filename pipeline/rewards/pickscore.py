@@ -8,16 +8,28 @@ with ``from_pretrained(path, local_files_only=True)``: nothing is downloaded.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from pipeline.config.schema import defaults_from_schema
 from pipeline.data.images import as_rgb
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
 
 # Flow-GRPO divides PickScore by 26 to bring it near [0, 1].
 PICKSCORE_SCALE = 26.0
+
+
+@dataclass(frozen=True)
+@defaults_from_schema("rewards.pickscore")
+class PickScoreSettings:
+    """``rewards.pickscore``: PickScoreReward's arguments of the same names."""
+
+    model_dir: str | None
+    processor_dir: str | None
+    batch_size: int
 
 
 class PickScoreReward(Reward):
@@ -30,6 +42,7 @@ class PickScoreReward(Reward):
 
     name = "pickscore"
     label = "PickScore"
+    settings_class = PickScoreSettings
     config_sections: ClassVar[tuple[str, ...]] = ("pickscore",)
     local_folders: ClassVar[tuple[str, ...]] = ("model_dir",)
     per_image = False

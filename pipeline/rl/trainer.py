@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.config.files import config_hash
-from pipeline.config.types import RewardsConfig, TrainConfig
+from pipeline.config.types import TrainConfig
 from pipeline.models.ema import Ema, without_averages
 from pipeline.models.policy import Policy, trainable_state
 from pipeline.models.weights import load_trainable_weights, save_weights, trainable_weights
@@ -113,8 +113,7 @@ def run_iteration(
 def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch.device) -> LeafScorer:
     """The rollouts' scorer: model rewards (PickScore) on the policy's ``device``, the
     per-image rewards (OCR, colour) in ``workers`` CPU processes."""
-    reward_settings = RewardsConfig().settings() | settings
-    return LeafScorer(build_rewards(names, reward_settings, device=str(device)), workers, reward_settings)
+    return LeafScorer(build_rewards(names, settings, device=str(device)), workers, settings)
 
 
 def train(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config.types import CardConfig, RewardsConfig
+from pipeline.config.types import CardConfig
 from pipeline.models.mini import MiniPolicy, load_mini
 from pipeline.rl.group_spreads import group_figures
 from pipeline.runtime import io, tracking
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = json.loads(args.config_json)
     reward_names = list(raw["rewards"]["score"])
-    settings = RewardsConfig().settings() | {k: v for k, v in raw["rewards"].items() if k != "score"}
+    settings = {k: v for k, v in raw["rewards"].items() if k != "score"}
     if args.threads:
         import torch
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from pipeline.config.types import PRETRAIN_RUNTIME_KEYS, TRAIN_RUNTIME_KEYS, StudyConfig
-from pipeline.rewards import REWARDS
+from pipeline.rewards import REWARDS, full_settings
 
 # The sampling keys of RL rollouts, and of ODE evaluation.
 ROLLOUT_SAMPLING_KEYS = ("train_steps", "noise_level", "sde_type", "shift", "max_batch")
@@ -67,7 +67,7 @@ def model_params(cfg: StudyConfig) -> dict:
 def reward_settings(cfg: StudyConfig, names) -> dict:
     """The ``rewards`` settings sections the named rewards read (``Reward.config_sections``:
     their own, and the shared OCR engine's for those that read text)."""
-    sections = cfg.rewards.settings()
+    sections = full_settings(cfg.rewards.sections)
     wanted = {section for name in names for section in REWARDS[name].config_sections}
     return {section: sections[section] for section in sorted(wanted)}
 

@@ -1,17 +1,23 @@
-"""A new reward is its class plus one registry line: a toy reward registered at run time shows in
-the score stage's table, the training metrics and the report, with its label and indicator."""
+"""A new reward is its class plus one registry line, settings included: a toy reward registered
+at run time, with a settings class of its own, is checked and configured from a study config and
+shows in the score stage's table, the training metrics and the report, with its label and
+indicator."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
+from pipeline.config.load import check_rewards, load
+from pipeline.config.schema import ConfigError
 from pipeline.data.images import as_rgb
 from pipeline.data.palette import PALETTE
 from pipeline.data.text_images import LIGHT, render
@@ -19,15 +25,28 @@ from pipeline.rewards import REWARDS
 from pipeline.rewards.base import Reward, RewardOutput, check_lengths
 from pipeline.stages import report, score, train
 from pipeline.workflow import stage_params
+from tests.conftest import REPO
 from tests.smoke.tiny import tiny_mini_dir, tiny_study
 
 
+@dataclass(frozen=True)
+class BrightnessSettings:
+    """``rewards.brightness``: the mean pixel value above which an image counts as bright."""
+
+    threshold: float = 0.5
+
+
 class BrightnessReward(Reward):
-    """Mean pixel value in 0..1; indicator ``bright``: above one half."""
+    """Mean pixel value in 0..1; indicator ``bright``: above ``threshold``."""
 
     name = "brightness"
     label = "brightness (toy)"
     indicators: ClassVar[dict[str, str]] = {"bright": "bright images"}
+    settings_class = BrightnessSettings
+    config_sections: ClassVar[tuple[str, ...]] = ("brightness",)
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
 
     def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         check_lengths(images, prompts, metadata)
@@ -37,7 +56,7 @@ class BrightnessReward(Reward):
             rgb, reason = as_rgb(image)
             if rgb is not None:
                 scores[row] = rgb.mean() / 255.0
-            details.append({"reason": reason, "bright": bool(scores[row] > 0.5)})
+            details.append({"reason": reason, "bright": bool(scores[row] > self.threshold)})
         return RewardOutput(scores, details)
 
 
@@ -114,3 +133,34 @@ def test_a_toy_reward_reaches_scores_metrics_and_report(tmp_path, toy_registered
     assert {"brightness", "bright", "mixed"} <= set(summary.columns)
     page = (tmp_path / "report" / "index.html").read_text()
     assert "brightness (toy)" in page and "bright images" in page
+
+
+def test_a_toy_reward_s_settings_are_checked_and_reach_its_scores(tmp_path, toy_registered):
+    """Its section needs no schema entry: the workflow's checks read it with the reward's own
+    settings class, and the score stage builds the reward from it."""
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["rewards"]["score"] = ["ocr", "brightness"]
+    raw["rewards"]["brightness"] = {"threshold": 0.99}
+    cfg = load(raw)
+    check_rewards(cfg, REWARDS)
+    settings = stage_params.score_params(cfg)["settings"]
+    assert settings["brightness"] == {"threshold": 0.99}
+    refusals = {
+        "'rewards.brightness.thresh': unknown key": {"thresh": 0.9},
+        "'rewards.brightness.threshold': 'high' is invalid": {"threshold": "high"},
+    }
+    for message, bad in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            check_rewards(load(raw | {"rewards": raw["rewards"] | {"brightness": bad}}), REWARDS)
+    with pytest.raises(ConfigError, match="'rewards.dimness': no reward has settings of this name"):
+        check_rewards(load(raw | {"rewards": raw["rewards"] | {"dimness": {}}}), REWARDS)
+
+    # The same images are bright at the default threshold and not at the configured one.
+    _samples(tmp_path, "base")
+    bright = {}
+    for name, section in (("default", "{}"), ("configured", json.dumps(settings))):
+        out = tmp_path / f"{name}.parquet"
+        argv = ["--samples", str(tmp_path / "samples.parquet"), "--out", str(out), "--rewards", "brightness"]
+        assert score.main([*argv, "--settings-json", section, "--workers", "1"]) == 0
+        bright[name] = pd.read_parquet(out).bright.tolist()
+    assert all(bright["default"]) and not any(bright["configured"])

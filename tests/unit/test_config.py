@@ -133,8 +133,16 @@ def _dataclass_keys(cls, prefix: str = "") -> set[str]:
 
 def test_dataclasses_mirror_the_schema():
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config.
-    assert _schema_keys(schema) == _dataclass_keys(StudyConfig) - {"train.seed"}
+    schema_keys = _schema_keys(schema)
+    reward_sections = {key for key in schema_keys if key.startswith("rewards.") and key != "rewards.score"}
+    # train.seed is one run's seed, set by the workflow from train.seeds, never by a study config;
+    # rewards.sections holds the reward sections as stated, each mirrored by its reward's class.
+    assert schema_keys - reward_sections == _dataclass_keys(StudyConfig) - {"train.seed", "rewards.sections"}
+    from pipeline.rewards import REWARDS
+
+    with_settings = {name: reward.settings_class for name, reward in REWARDS.items() if reward.settings_class}
+    fields = {key for name, cls in with_settings.items() for key in _dataclass_keys(cls, f"rewards.{name}.")}
+    assert reward_sections == fields | {f"rewards.{name}" for name in with_settings}
     method_schema = schema["properties"]["methods"]["additionalProperties"]
     assert set(method_schema["properties"]) == {f.name for f in dataclasses.fields(MethodConfig)}
 
@@ -199,12 +207,17 @@ def test_every_key_has_one_default_and_a_meaning_in_the_schema():
     assert len(leaves) > 90
     assert not [key for key, node in leaves.items() if not str(node.get("description", "")).strip()]
     # Every dataclass default is the schema's (the dataclasses read them from it).
+    from pipeline.rewards import REWARDS
+
     defaults = StudyConfig(study="x")
     method = MethodConfig()
     for key, node in leaves.items():
         node_value = node["default"]
         if key.startswith("methods.NAME."):
             value = getattr(method, key.rsplit(".", 1)[1])
+        elif key.count(".") == 2 and key.startswith("rewards."):  # a reward's own settings class
+            _, name, field = key.split(".")
+            value = getattr(REWARDS[name].read_settings({}), field)
         else:
             value = defaults
             for part in key.split("."):
@@ -256,8 +269,8 @@ def test_reward_settings_build_every_reward_option():
     from pipeline.rewards import build_rewards
 
     cfg = load(default_raw())
-    rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.settings())
-    assert rewards["color"].temperature == cfg.rewards.color.temperature
+    rewards = build_rewards(list(cfg.rewards.score), cfg.rewards.sections)
+    assert rewards["color"].temperature == cfg.rewards.sections["color"]["temperature"]
 
 
 @pytest.mark.parametrize(

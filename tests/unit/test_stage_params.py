@@ -9,6 +9,7 @@ import yaml
 
 from pipeline.config.load import load
 from pipeline.config.types import TRAIN_RUNTIME_KEYS, StudyConfig, TrainConfig
+from pipeline.rewards import REWARDS
 from pipeline.workflow import stage_params
 from tests.conftest import REPO
 
@@ -75,8 +76,10 @@ def test_evaluation_keys_leave_training_alone(cfg):
 
 
 def test_settings_of_an_unused_reward_reach_no_stage(cfg):
-    pickscore = dataclasses.replace(cfg.rewards.pickscore, batch_size=cfg.rewards.pickscore.batch_size + 1)
-    changed = _with(cfg, "rewards", pickscore=pickscore)
+    pickscore = cfg.rewards.sections.get("pickscore", {})
+    batch_size = REWARDS["pickscore"].read_settings(pickscore).batch_size
+    sections = cfg.rewards.sections | {"pickscore": pickscore | {"batch_size": batch_size + 1}}
+    changed = _with(cfg, "rewards", sections=sections)
     assert _every_stage(changed) == _every_stage(cfg)
 
 
