@@ -50,6 +50,13 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def read_prompt_lines(path: Path, spec: str | None) -> tuple[list[str], range]:
+    """The prompts of file ``path`` and the line ids ``spec`` (``"START:STOP"`` or None: every
+    line) selects among them, as a curation stage curates them."""
+    prompts = read_prompts(path)
+    return prompts, parse_line_range(spec, len(prompts))
+
+
 def write_curated(table: pa.Table, stats: dict, source: Path, out: Path, stats_out: Path | None) -> dict:
     """Write a curated split (``out``, Parquet) and its statistics (``stats_out``, JSON, with the
     source file's name); returns the counts a curation run logs (lines, kept, drops by reason)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.data.prompt_files import parse_line_range, read_prompts, write_curated
+from pipeline.data.prompt_files import read_prompt_lines, write_curated
 from pipeline.runtime import tracking
 
 SCHEMA = pa.schema(
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.min_words < 0:
         raise SystemExit(f"--min-words {args.min_words}: must be >= 0")
 
-    lines = read_prompts(args.source)
-    line_ids = parse_line_range(args.lines, len(lines))
+    lines, line_ids = read_prompt_lines(args.source, args.lines)
     stage_config = {"lines": args.lines, "min_words": args.min_words, "source": args.source.name}
     with tracking.stage_run(args, stage_config) as run:
         table, stats = curate_captions(lines, line_ids, args.min_words)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pipeline.data.curation import curate
-from pipeline.data.prompt_files import parse_line_range, read_prompts, write_curated
+from pipeline.data.prompt_files import read_prompt_lines, write_curated
 from pipeline.runtime import tracking
 
 
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
-    prompts = read_prompts(args.source)
-    line_ids = parse_line_range(args.lines, len(prompts))
+    prompts, line_ids = read_prompt_lines(args.source, args.lines)
     stage_config = {"seed": args.seed, "lines": args.lines, "source": args.source.name}
     with tracking.stage_run(args, stage_config) as run:
         table, stats = curate(prompts, line_ids, args.seed)
