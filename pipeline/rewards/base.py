@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.data.curation import first_quoted_span
+from pipeline.data.images import as_rgb
 from pipeline.data.palette import COLOR_NAMES
 from pipeline.rewards.ocr import OcrEngine
 
@@ -97,8 +98,34 @@ class Reward:
         """Build from this reward's config section; ``engine()`` returns the shared OCR engine."""
         return cls(**settings)
 
-    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+    # The detail keys every image gets, at their values for an image that is not scored.
+    detail_defaults: ClassVar[dict] = {}
+
+    def target(self, prompt: str, meta: dict, row: int):
+        """What image ``row`` must show (checked for every row before any is scored); None for
+        a reward without a target."""
+        return None
+
+    def score_image(self, rgb: np.ndarray, meta: dict, target) -> tuple[float, dict]:
+        """One readable image's score and details (over :attr:`detail_defaults`; a ``reason``
+        says why it scored 0). ``rgb``: uint8 ``[H, W, 3]``."""
         raise NotImplementedError
+
+    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        """Every image through :meth:`score_image`; one that cannot be read as RGB scores 0 with
+        its reason. Batched rewards (PickScore) override this instead."""
+        check_lengths(images, prompts, metadata)
+        targets = [self.target(p, m, row) for row, (p, m) in enumerate(zip(prompts, metadata, strict=True))]
+        scores = np.zeros(len(images), dtype=np.float32)
+        details = []
+        for row, (image, meta, target) in enumerate(zip(images, metadata, targets, strict=True)):
+            rgb, reason = as_rgb(image)
+            detail = {"reason": reason} | self.detail_defaults
+            if rgb is not None:
+                scores[row], found = self.score_image(rgb, meta, target)
+                detail |= found
+            details.append(detail)
+        return RewardOutput(scores, details)
 
     def __call__(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> np.ndarray:
         return self.score(images, prompts, metadata).scores

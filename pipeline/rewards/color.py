@@ -17,16 +17,15 @@ how sharp the boundary is. The predicted colour (``argmax p``) gives colour accu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from pipeline.config.schema import defaults_from_schema
-from pipeline.data.images import as_rgb, srgb_to_lab
+from pipeline.data.images import srgb_to_lab
 from pipeline.data.palette import COLOR_NAMES, PALETTE
-from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_color
+from pipeline.rewards.base import Reward, target_color
 from pipeline.rewards.foreground import separate
 from pipeline.rewards.ocr import OcrEngine, OcrReading
 
@@ -85,6 +84,12 @@ class ColorReward(Reward):
     settings_class = ColorSettings
     config_sections: ClassVar[tuple[str, ...]] = ("color", "ocr")
     needs_ocr = True  # by default (use_ocr_boxes); an instance without boxes sets False
+    detail_defaults: ClassVar[dict] = {
+        "color_pred": None,
+        "color_correct": False,
+        "color_delta_e": None,
+        "color_text_lab": None,
+    }
 
     def __init__(
         self, temperature: float = 10.0, use_ocr_boxes: bool = True, engine: OcrEngine | None = None
@@ -105,38 +110,22 @@ class ColorReward(Reward):
             meta["ocr"] = self._engine.read(rgb)
         return meta["ocr"]
 
-    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        check_lengths(images, prompts, metadata)
-        scores = np.zeros(len(images), dtype=np.float32)
-        details = []
-        for row, (image, meta) in enumerate(zip(images, metadata, strict=True)):
-            target = target_color(meta, row)
-            rgb, reason = as_rgb(image)
-            detail = {
-                "reason": reason,
-                "color_pred": None,
-                "color_correct": False,
-                "color_delta_e": None,
-                "color_text_lab": None,
-            }
-            if rgb is not None:
-                reading = self._reading(rgb, meta)
-                if reading is not None and reading.mode == "det" and not reading.boxes:
-                    detail["reason"] = "no_text_detected"
-                else:
-                    separation = separate(text_region(rgb, reading))
-                    if separation is None:
-                        detail["reason"] = "no_foreground"
-                    else:
-                        probabilities = palette_probabilities(separation.text, self.temperature)
-                        index = COLOR_NAMES.index(target)
-                        scores[row] = probabilities[index]
-                        predicted = COLOR_NAMES[int(probabilities.argmax())]
-                        detail |= {
-                            "color_pred": predicted,
-                            "color_correct": predicted == target,
-                            "color_delta_e": float(np.linalg.norm(PALETTE_LAB[index] - separation.text)),
-                            "color_text_lab": [round(float(v), 2) for v in separation.text],
-                        }
-            details.append(detail)
-        return RewardOutput(scores, details)
+    def target(self, prompt: str, meta: dict, row: int) -> str:
+        return target_color(meta, row)
+
+    def score_image(self, rgb: np.ndarray, meta: dict, target: str) -> tuple[float, dict]:
+        reading = self._reading(rgb, meta)
+        if reading is not None and reading.mode == "det" and not reading.boxes:
+            return 0.0, {"reason": "no_text_detected"}
+        separation = separate(text_region(rgb, reading))
+        if separation is None:
+            return 0.0, {"reason": "no_foreground"}
+        probabilities = palette_probabilities(separation.text, self.temperature)
+        index = COLOR_NAMES.index(target)
+        predicted = COLOR_NAMES[int(probabilities.argmax())]
+        return probabilities[index], {
+            "color_pred": predicted,
+            "color_correct": predicted == target,
+            "color_delta_e": float(np.linalg.norm(PALETTE_LAB[index] - separation.text)),
+            "color_text_lab": [round(float(v), 2) for v in separation.text],
+        }

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from pipeline.config.schema import defaults_from_schema
-from pipeline.data.images import as_rgb
-from pipeline.rewards.base import Reward, RewardOutput, check_lengths, target_text
+from pipeline.rewards.base import Reward, target_text
 from pipeline.rewards.ocr import OcrEngine, exact_match, ocr_score
 
 
@@ -36,6 +34,13 @@ class OcrReward(Reward):
     settings_class = OcrSettings
     config_sections: ClassVar[tuple[str, ...]] = ("ocr",)
     needs_ocr = True
+    detail_defaults: ClassVar[dict] = {
+        "ocr_text": None,
+        "ocr_confidence": None,
+        "ocr_distance": None,
+        "ocr_exact": False,
+        "ocr_mode": None,
+    }
 
     def __init__(self, engine: OcrEngine | None = None):
         self._engine = engine
@@ -45,33 +50,19 @@ class OcrReward(Reward):
         # The engine options (backend, mode) are read by build_rewards' shared engine.
         return cls(engine())
 
-    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        check_lengths(images, prompts, metadata)
-        targets = [target_text(p, m, row) for row, (p, m) in enumerate(zip(prompts, metadata, strict=True))]
-        scores = np.zeros(len(images), dtype=np.float32)
-        details = []
-        for row, (image, meta, target) in enumerate(zip(images, metadata, targets, strict=True)):
-            rgb, reason = as_rgb(image)
-            detail = {
-                "reason": reason,
-                "ocr_text": None,
-                "ocr_confidence": None,
-                "ocr_distance": None,
-                "ocr_exact": False,
-                "ocr_mode": None,
-            }
-            if rgb is not None:
-                if "ocr" not in meta:
-                    self._engine = self._engine or OcrEngine()
-                    meta["ocr"] = self._engine.read(rgb)
-                reading = meta["ocr"]
-                scores[row], distance = ocr_score(reading.text, target)
-                detail |= {
-                    "ocr_text": reading.text,
-                    "ocr_confidence": reading.confidence,
-                    "ocr_distance": distance,
-                    "ocr_exact": exact_match(reading.text, target),
-                    "ocr_mode": reading.mode,
-                }
-            details.append(detail)
-        return RewardOutput(scores, details)
+    def target(self, prompt: str, meta: dict, row: int) -> str:
+        return target_text(prompt, meta, row)
+
+    def score_image(self, rgb: np.ndarray, meta: dict, target: str) -> tuple[float, dict]:
+        if "ocr" not in meta:
+            self._engine = self._engine or OcrEngine()
+            meta["ocr"] = self._engine.read(rgb)
+        reading = meta["ocr"]
+        score, distance = ocr_score(reading.text, target)
+        return score, {
+            "ocr_text": reading.text,
+            "ocr_confidence": reading.confidence,
+            "ocr_distance": distance,
+            "ocr_exact": exact_match(reading.text, target),
+            "ocr_mode": reading.mode,
+        }

@@ -19,12 +19,9 @@ the reward-scale mismatch that Multi-GRPO's per-reward normalisation is meant to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from pipeline.data.images import as_rgb
-from pipeline.rewards.base import Reward, RewardOutput, check_lengths
+from pipeline.rewards.base import Reward
 from pipeline.rewards.foreground import separate
 
 CONTRAST_FULL_DELTA_E = 60.0
@@ -51,16 +48,9 @@ class QualityReward(Reward):
     name = "quality"
     label = "quality (0-10)"
 
-    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        check_lengths(images, prompts, metadata)
-        scores = np.zeros(len(images), dtype=np.float32)
-        details = []
-        for row, image in enumerate(images):
-            rgb, reason = as_rgb(image)
-            components = quality_components(rgb) if rgb is not None else None
-            if rgb is not None and components is None:
-                reason = "no_foreground"
-            if components is not None:
-                scores[row] = SCALE * float(np.prod(list(components.values()))) ** (1 / 3)
-            details.append({"reason": reason} | {f"quality_{k}": v for k, v in (components or {}).items()})
-        return RewardOutput(scores, details)
+    def score_image(self, rgb: np.ndarray, meta: dict, target: None) -> tuple[float, dict]:
+        components = quality_components(rgb)
+        if components is None:
+            return 0.0, {"reason": "no_foreground"}
+        score = SCALE * float(np.prod(list(components.values()))) ** (1 / 3)
+        return score, {f"quality_{k}": v for k, v in components.items()}

@@ -6,7 +6,6 @@ indicator."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,11 +17,10 @@ from PIL import Image
 
 from pipeline.config.load import check_rewards, load
 from pipeline.config.schema import ConfigError
-from pipeline.data.images import as_rgb
 from pipeline.data.palette import PALETTE
 from pipeline.data.text_images import LIGHT, render
 from pipeline.rewards import REWARDS
-from pipeline.rewards.base import Reward, RewardOutput, check_lengths
+from pipeline.rewards.base import Reward
 from pipeline.stages import report, score, train
 from pipeline.workflow import stage_params
 from tests.conftest import REPO
@@ -44,20 +42,14 @@ class BrightnessReward(Reward):
     indicators: ClassVar[dict[str, str]] = {"bright": "bright images"}
     settings_class = BrightnessSettings
     config_sections: ClassVar[tuple[str, ...]] = ("brightness",)
+    detail_defaults: ClassVar[dict] = {"bright": False}
 
     def __init__(self, threshold: float = 0.5):
         self.threshold = threshold
 
-    def score(self, images: Sequence, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        check_lengths(images, prompts, metadata)
-        scores = np.zeros(len(images), dtype=np.float32)
-        details = []
-        for row, image in enumerate(images):
-            rgb, reason = as_rgb(image)
-            if rgb is not None:
-                scores[row] = rgb.mean() / 255.0
-            details.append({"reason": reason, "bright": bool(scores[row] > self.threshold)})
-        return RewardOutput(scores, details)
+    def score_image(self, rgb: np.ndarray, meta: dict, target: None) -> tuple[float, dict]:
+        brightness = float(rgb.mean()) / 255.0
+        return brightness, {"bright": brightness > self.threshold}
 
 
 @pytest.fixture
