@@ -73,6 +73,20 @@ GPU_SLOTS = "python -m pipeline.workflow.gpu_slots {resources.gpu} -- "
 SCORE_GPUS = int(any(REWARDS[name].on_device for name in CFG.rewards.score))
 
 
+def keep_failed_log(command):
+    """``command`` with its output in the job's log, and the log of a failed attempt kept.
+
+    Snakemake deletes a job's log before it runs the job again. A hard link made before the
+    command starts, ``<log>.failed-<UTC time>``, shares the log's contents and outlives that
+    deletion; a command that succeeds removes it, so only failed (or killed) attempts stay.
+    """
+    return (
+        'attempt={log:q}.failed-$(date -u +%Y%m%dT%H%M%SZ); : > {log:q}; ln -f {log:q} "$attempt" || true; '
+        + command
+        + ' > {log:q} 2>&1 && rm -f "$attempt"'
+    )
+
+
 def stage_sources(rule_name):
     """The Python files ``python -m pipeline.stages.<rule_name>`` runs: its module and every
     ``pipeline`` module it imports, directly or through others (``pipeline.workflow.sources``),

@@ -16,10 +16,11 @@ rule generate_prompts:
     params:
         cfg=config_json("generate_prompts"),
     shell:
-        "python -u -m pipeline.stages.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
-        "--train {output.train:q} --test {output.test:q} --vocab {output.vocab:q} "
-        "--mlflow-record {input.mlflow:q} --rule generate_prompts --run-id-file {output.run_id:q} "
-        "> {log:q} 2>&1"
+        keep_failed_log(
+            "python -u -m pipeline.stages.generate_prompts --spec {input.spec:q} --config-json {params.cfg:q} "
+            "--train {output.train:q} --test {output.test:q} --vocab {output.vocab:q} "
+            "--mlflow-record {input.mlflow:q} --rule generate_prompts --run-id-file {output.run_id:q} "
+        )
 
 
 if CFG.dataset.source.kind == "captions":
@@ -44,10 +45,12 @@ if CFG.dataset.source.kind == "captions":
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -u -m pipeline.stages.curate_captions --source {input.source:q} --out {output.table:q} "
-            "--min-words {params.min_words:q} {params.lines} --stats {output.stats:q} "
-            "--mlflow-record {input.mlflow:q} --rule curate_captions "
-            "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
+            keep_failed_log(
+                "python -u -m pipeline.stages.curate_captions --source {input.source:q} --out {output.table:q} "
+                "--min-words {params.min_words:q} {params.lines} --stats {output.stats:q} "
+                "--mlflow-record {input.mlflow:q} --rule curate_captions "
+                "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q}"
+            )
 
 else:
 
@@ -71,10 +74,12 @@ else:
             lines=line_range_flag,
             wildcards=wildcards_json,
         shell:
-            "python -u -m pipeline.stages.curate_dataset --source {input.source:q} --out {output.table:q} "
-            "--seed {params.seed:q} {params.lines} --stats {output.stats:q} "
-            "--mlflow-record {input.mlflow:q} --rule curate_dataset --wildcards {params.wildcards:q} "
-            "--run-id-file {output.run_id:q} > {log:q} 2>&1"
+            keep_failed_log(
+                "python -u -m pipeline.stages.curate_dataset --source {input.source:q} --out {output.table:q} "
+                "--seed {params.seed:q} {params.lines} --stats {output.stats:q} "
+                "--mlflow-record {input.mlflow:q} --rule curate_dataset --wildcards {params.wildcards:q} "
+                "--run-id-file {output.run_id:q}"
+            )
 
 
 rule dataset_card:
@@ -94,7 +99,9 @@ rule dataset_card:
         name=CFG.dataset.name,
         flags=card_flags,
     shell:
-        "python -u -m pipeline.stages.dataset_card --name {params.name:q} "
-        "--stats train={input.train:q} --stats test={input.test:q} {params.flags} "
-        "--out {output.card:q} --mlflow-record {input.mlflow:q} --rule dataset_card "
-        "--run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            "python -u -m pipeline.stages.dataset_card --name {params.name:q} "
+            "--stats train={input.train:q} --stats test={input.test:q} {params.flags} "
+            "--out {output.card:q} --mlflow-record {input.mlflow:q} --rule dataset_card "
+            "--run-id-file {output.run_id:q}"
+        )

@@ -25,11 +25,13 @@ rule sample_eval:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.stages.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
-        "{params.weights} --test {input.test:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
-        "--threads {threads} --mlflow-record {input.mlflow:q} --rule sample_eval "
-        "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            GPU_SLOTS
+            + "python -u -m pipeline.stages.sample_eval --model {wildcards.model:q} --base-model {params.base_dir:q} "
+            "{params.weights} --test {input.test:q} --config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+            "--threads {threads} --mlflow-record {input.mlflow:q} --rule sample_eval "
+            "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q}"
+        )
 
 
 rule score:
@@ -56,11 +58,13 @@ rule score:
         strict="--strict" if CFG.evaluation.strict_images else "",
         wildcards=wildcards_json,
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.stages.score --samples {input.samples:q} --out {output.rewards:q} "
-        "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} {params.strict} "
-        "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
-        "--run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            GPU_SLOTS
+            + "python -u -m pipeline.stages.score --samples {input.samples:q} --out {output.rewards:q} "
+            "--rewards {params.names:q} --settings-json {params.settings:q} --workers {threads} {params.strict} "
+            "--mlflow-record {input.mlflow:q} --rule score --wildcards {params.wildcards:q} "
+            "--run-id-file {output.run_id:q}"
+        )
 
 
 rule report:
@@ -104,6 +108,8 @@ rule report:
         flags=report_flags,
         out_dir=output_dir,
     shell:
-        "python -u -m pipeline.stages.report {params.flags} --config-json {params.cfg:q} "
-        "--out-dir {params.out_dir:q} --mlflow-record {input.mlflow:q} --rule report "
-        "--run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            "python -u -m pipeline.stages.report {params.flags} --config-json {params.cfg:q} "
+            "--out-dir {params.out_dir:q} --mlflow-record {input.mlflow:q} --rule report "
+            "--run-id-file {output.run_id:q}"
+        )

@@ -24,11 +24,13 @@ rule pretrain_base:
         runtime=runtime_json(stage_json.pretrain_base_runtime),
         out_dir=output_dir,
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.stages.pretrain_base --train {input.train:q} --config-json {params.cfg:q} "
-        "--runtime-json {params.runtime:q} "
-        "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
-        "--rule pretrain_base --run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            GPU_SLOTS
+            + "python -u -m pipeline.stages.pretrain_base --train {input.train:q} --config-json {params.cfg:q} "
+            "--runtime-json {params.runtime:q} "
+            "--out-dir {params.out_dir:q} --threads {threads} --mlflow-record {input.mlflow:q} "
+            "--rule pretrain_base --run-id-file {output.run_id:q}"
+        )
 
 
 rule base_group_spreads:
@@ -55,11 +57,12 @@ rule base_group_spreads:
         cfg=config_json("base_group_spreads"),
         model_dir=lambda wildcards, input: str(Path(input.model).parent),
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.stages.base_group_spreads --model-dir {params.model_dir:q} --test {input.test:q} "
-        "--config-json {params.cfg:q} --out {output.spreads:q} --threads {threads} "
-        "--mlflow-record {input.mlflow:q} --rule base_group_spreads --run-id-file {output.run_id:q} "
-        "> {log:q} 2>&1"
+        keep_failed_log(
+            GPU_SLOTS
+            + "python -u -m pipeline.stages.base_group_spreads --model-dir {params.model_dir:q} --test {input.test:q} "
+            "--config-json {params.cfg:q} --out {output.spreads:q} --threads {threads} "
+            "--mlflow-record {input.mlflow:q} --rule base_group_spreads --run-id-file {output.run_id:q} "
+        )
 
 
 rule base_model_card:
@@ -87,8 +90,10 @@ rule base_model_card:
         out_dir=output_dir,
         vocab=vocab_flag,
     shell:
-        "python -u -m pipeline.stages.base_model_card --train-info {input.info:q} --test {input.test:q} "
-        "--samples {input.samples:q} --rewards {input.rewards:q} --spreads {input.spreads:q} {params.vocab} "
-        "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
-        "--mlflow-record {input.mlflow:q} --rule base_model_card "
-        "--run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            "python -u -m pipeline.stages.base_model_card --train-info {input.info:q} --test {input.test:q} "
+            "--samples {input.samples:q} --rewards {input.rewards:q} --spreads {input.spreads:q} {params.vocab} "
+            "--config-json {params.cfg:q} --out-dir {params.out_dir:q} "
+            "--mlflow-record {input.mlflow:q} --rule base_model_card "
+            "--run-id-file {output.run_id:q}"
+        )

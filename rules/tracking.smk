@@ -14,6 +14,8 @@ rule mlflow_init:
         experiment=CFG.mlflow.experiment,
         artifact_root=CFG.mlflow.artifact_root,
     shell:
-        "python -u -m pipeline.stages.mlflow_init --tracking-uri {params.uri:q} "
-        "--experiment {params.experiment:q} --artifact-root {params.artifact_root:q} "
-        "--out {output.record:q} > {log:q} 2>&1"
+        keep_failed_log(
+            "python -u -m pipeline.stages.mlflow_init --tracking-uri {params.uri:q} "
+            "--experiment {params.experiment:q} --artifact-root {params.artifact_root:q} "
+            "--out {output.record:q}"
+        )

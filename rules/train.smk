@@ -33,9 +33,11 @@ rule train:
         out_dir=output_dir,
         wildcards=wildcards_json,
     shell:
-        GPU_SLOTS
-        + "python -u -m pipeline.stages.train --method {wildcards.method:q} --train {input.train:q} "
-        "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
-        "--out-dir {params.out_dir:q} {params.card} "
-        "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
-        "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q} > {log:q} 2>&1"
+        keep_failed_log(
+            GPU_SLOTS
+            + "python -u -m pipeline.stages.train --method {wildcards.method:q} --train {input.train:q} "
+            "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
+            "--out-dir {params.out_dir:q} {params.card} "
+            "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
+            "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q}"
+        )

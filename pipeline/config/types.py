@@ -105,8 +105,9 @@ class ModelConfig:
 @defaults_from_schema("pretrain")
 class PretrainConfig:
     steps: int
-    max_minutes: float
+    max_minutes: float | None
     on_time_limit: str
+    stall_minutes: float | None
     batch_size: int
     learning_rate: float
     warmup_steps: int
@@ -148,6 +149,7 @@ class CardConfig:
 TRAIN_RUNTIME_KEYS = (
     "max_minutes",
     "on_time_limit",
+    "stall_minutes",
     "score_workers",
     "channels_last",
     "probe_prompts",
@@ -156,15 +158,16 @@ TRAIN_RUNTIME_KEYS = (
 )
 
 
-PRETRAIN_RUNTIME_KEYS = ("max_minutes", "on_time_limit")
+PRETRAIN_RUNTIME_KEYS = ("max_minutes", "on_time_limit", "stall_minutes")
 
 
 @dataclass(frozen=True)
 @defaults_from_schema("train")
 class TrainConfig:
     iterations: int
-    max_minutes: float
+    max_minutes: float | None
     on_time_limit: str
+    stall_minutes: float | None
     prompts_per_iteration: int
     learning_rate: float
     weight_decay: float

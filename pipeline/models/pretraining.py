@@ -90,7 +90,7 @@ def train(
         print("checkpoint from another config or code: starting afresh")
     model.train()
     began, step = time.perf_counter() - elapsed, start
-    guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "pretrain.max_minutes")
+    guard = TimeGuard("pretrain", cfg.max_minutes, cfg.on_time_limit, cfg.stall_minutes)
 
     def checkpoint(done: int) -> None:
         weights = model.state_dict() | (ema.checkpoint_tensors() if ema else {})
@@ -99,47 +99,50 @@ def train(
         save_checkpoint(checkpoint_dir, weights, optimizer, state)
 
     progress = Progress("pretrain", cfg.steps, "step", done=start)
-    for step in range(start, cfg.steps):
-        if guard.would_exceed():
-            if step > start and step % cfg.checkpoint_every:
-                checkpoint(step)  # a rerun after the guard resumes here
-            print(guard.trip(step, cfg.steps, "steps"))
-            break
-        guard.start_unit()
-        lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        pixels, ids = make_batch(train_split, tokenizer, cfg, step)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        noise = torch.randn(pixels.shape, generator=generator)
-        sigma = mixed_sigmas(len(pixels), cfg.sigma_mean, cfg.sigma_std, cfg.sigma_uniform_share, generator)
-        predicted = model(noisy_sample(pixels, noise, sigma), sigma, model.text_encoder(ids), ids)
-        loss = flow_matching_loss(predicted, pixels, noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"pretraining loss is {loss.item()} at step {step}; last checkpoint kept"
+    with guard:
+        for step in range(start, cfg.steps):
+            if guard.would_exceed():
+                if step > start and step % cfg.checkpoint_every:
+                    checkpoint(step)  # a rerun after the guard resumes here
+                print(guard.trip(step, cfg.steps, "steps"))
+                break
+            guard.start_unit()
+            lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            pixels, ids = make_batch(train_split, tokenizer, cfg, step)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            noise = torch.randn(pixels.shape, generator=generator)
+            sigma = mixed_sigmas(
+                len(pixels), cfg.sigma_mean, cfg.sigma_std, cfg.sigma_uniform_share, generator
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if not torch.isfinite(grad_norm):  # a finite loss can still have an infinite gradient
-            raise FloatingPointError(
-                f"pretraining gradient norm is {grad_norm.item()} at step {step}; the step was not "
-                "applied and the last checkpoint is kept"
-            )
-        optimizer.step()
-        if ema is not None:
-            ema.update()
-        if step % LOG_EVERY == 0 or step == cfg.steps - 1:
-            seconds = time.perf_counter() - began
-            history.append({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": seconds})
-            run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
-        if (step + 1) % cfg.checkpoint_every == 0:
-            checkpoint(step + 1)
-        guard.end_unit()
-        progress.advance(note=f"loss {history[-1]['loss']:.4f}" if history else "")
-    else:
-        step = cfg.steps
+            predicted = model(noisy_sample(pixels, noise, sigma), sigma, model.text_encoder(ids), ids)
+            loss = flow_matching_loss(predicted, pixels, noise)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"pretraining loss is {loss.item()} at step {step}; last checkpoint kept"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if not torch.isfinite(grad_norm):  # a finite loss can still have an infinite gradient
+                raise FloatingPointError(
+                    f"pretraining gradient norm is {grad_norm.item()} at step {step}; the step was not "
+                    "applied and the last checkpoint is kept"
+                )
+            optimizer.step()
+            if ema is not None:
+                ema.update()
+            if step % LOG_EVERY == 0 or step == cfg.steps - 1:
+                seconds = time.perf_counter() - began
+                history.append({"step": step, "loss": loss.item(), "lr": lr, "elapsed_s": seconds})
+                run.log_metrics({"loss": loss.item(), "lr": lr}, step=step)
+            if (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(step + 1)
+            guard.end_unit()
+            progress.advance(note=f"loss {history[-1]['loss']:.4f}" if history else "")
+        else:
+            step = cfg.steps
     if ema is not None:
         ema.copy_to_parameters()
     return {

@@ -106,7 +106,7 @@ def loop_settings(train: TrainConfig, sampling: dict) -> LoopSettings:
 
 def run_config(raw: dict, runtime: dict) -> TrainConfig:
     """The run's train config: the weight-deciding keys of ``raw`` and the run-time ones."""
-    return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS})
+    return TrainConfig(**raw["train"], **{key: runtime[key] for key in TRAIN_RUNTIME_KEYS if key in runtime})
 
 
 def inverse_std_weights(spreads: dict, names: list[str], source: Path) -> dict[str, float]:

@@ -109,7 +109,6 @@ def run_iteration(
     return row | indicator_means(scorer.rewards, scores) | stats
 
 
-
 def rollout_scorer(names: list[str], settings: dict, workers: int, device: torch.device) -> LeafScorer:
     """The rollouts' scorer: model rewards (PickScore) on the policy's ``device``, the
     per-image rewards (OCR, colour) in ``workers`` CPU processes."""
@@ -163,7 +162,7 @@ def _train_loop(
     if ranks.is_main:
         drop_snapshots_after(snapshot_store(checkpoint_dir), start)
     began = time.perf_counter() - elapsed
-    guard = TimeGuard(cfg.max_minutes, cfg.on_time_limit, "train.max_minutes")
+    guard = TimeGuard("train", cfg.max_minutes, cfg.on_time_limit, cfg.stall_minutes)
     cumulative = history[-1]["nfe_cumulative"] if history else 0
     # Rank 0 probes alone (the others wait for it at the next collective).
     probing = cfg.probe_prompts > 0 and ranks.is_main
@@ -194,36 +193,37 @@ def _train_loop(
         distributed.barrier(ranks)
 
     progress = Progress("train", cfg.iterations, "iteration", done=start) if ranks.is_main else None
-    for iteration in range(start, cfg.iterations):
-        if distributed.agree(guard.would_exceed(), ranks):  # every rank stops, or none
-            if iteration > start and iteration % cfg.checkpoint_every:
-                checkpoint(iteration)  # a rerun after the guard resumes here
-            message = guard.trip(iteration, cfg.iterations, "iterations")
+    with guard:
+        for iteration in range(start, cfg.iterations):
+            if distributed.agree(guard.would_exceed(), ranks):  # every rank stops, or none
+                if iteration > start and iteration % cfg.checkpoint_every:
+                    checkpoint(iteration)  # a rerun after the guard resumes here
+                message = guard.trip(iteration, cfg.iterations, "iterations")
+                if ranks.is_main:
+                    print(message)
+                break
+            guard.start_unit()
+            if iteration % cfg.probe_every == 0:
+                probe_now(iteration)
+            try:
+                row = run_iteration(
+                    policy, optimizer, scorer, train_split, method, settings, iteration, ema, ranks
+                )
+            except FloatingPointError as error:
+                raise SystemExit(
+                    f"iteration {iteration}: {error}; the last good checkpoint is kept in {checkpoint_dir}"
+                ) from error
+            cumulative += row["nfe_sampling"] + row.get("nfe_training", 0)
+            row |= {"nfe_cumulative": cumulative, "wall_s": time.perf_counter() - began}
+            history.append(row)
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=iteration)
             if ranks.is_main:
-                print(message)
-            break
-        guard.start_unit()
-        if iteration % cfg.probe_every == 0:
-            probe_now(iteration)
-        try:
-            row = run_iteration(
-                policy, optimizer, scorer, train_split, method, settings, iteration, ema, ranks
-            )
-        except FloatingPointError as error:
-            raise SystemExit(
-                f"iteration {iteration}: {error}; the last good checkpoint is kept in {checkpoint_dir}"
-            ) from error
-        cumulative += row["nfe_sampling"] + row.get("nfe_training", 0)
-        row |= {"nfe_cumulative": cumulative, "wall_s": time.perf_counter() - began}
-        history.append(row)
-        run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=iteration)
-        if ranks.is_main:
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
-            checkpoint(iteration + 1)
-        guard.end_unit()
-        if progress is not None:
-            progress.advance(note=f"rollout mixed reward {row['reward_mixed']:.4f}")
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+            if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == cfg.iterations:
+                checkpoint(iteration + 1)
+            guard.end_unit()
+            if progress is not None:
+                progress.advance(note=f"rollout mixed reward {row['reward_mixed']:.4f}")
     if ema is not None:
         ema.copy_to_parameters()
     probe_now(len(history))
@@ -248,6 +248,7 @@ def result_weights(policy, ema: Ema | None) -> dict[str, torch.Tensor]:
         return weights
     average_of = {id(param): shadow for param, shadow in zip(ema.parameters, ema.shadow, strict=True)}
     return {name: average_of[id(param)] for name, param in trainable_state(policy)}
+
 
 def resume(
     policy,

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raw, runtime = json.loads(args.config_json), json.loads(args.runtime_json)
-    cfg = PretrainConfig(**raw["pretrain"], **{key: runtime[key] for key in PRETRAIN_RUNTIME_KEYS})
+    guards = {key: runtime[key] for key in PRETRAIN_RUNTIME_KEYS if key in runtime}
+    cfg = PretrainConfig(**raw["pretrain"], **guards)
     mini_cfg = MiniModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["mini"].items()})
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")

@@ -60,7 +60,8 @@ def test_a_training_run_gets_every_train_key_but_the_runtime_ones_and_the_seed_l
         ("train", {"score_workers": 7}),
         ("train", {"channels_last": True}),
         ("train", {"probe_every": 9, "probe_prompts": 3, "probe_guidance": 2.5}),
-        ("pretrain", {"max_minutes": 99.0, "on_time_limit": "stop"}),
+        ("train", {"stall_minutes": 1.5}),
+        ("pretrain", {"max_minutes": 99.0, "on_time_limit": "stop", "stall_minutes": 2.5}),
     ],
 )
 def test_a_runtime_key_is_in_no_stage_params(cfg, section, changes):

@@ -101,6 +101,7 @@ def test_a_training_key_plans_training_and_what_follows(study):
     [
         ("train.max_minutes", 7.5),
         ("train.on_time_limit", "stop"),
+        ("train.stall_minutes", 45.0),
         ("train.score_workers", 0),
         ("train.channels_last", True),
         ("train.probe_every", 1),
@@ -108,6 +109,7 @@ def test_a_training_key_plans_training_and_what_follows(study):
         ("train.probe_guidance", 3.0),
         ("pretrain.max_minutes", 9.0),
         ("pretrain.on_time_limit", "stop"),
+        ("pretrain.stall_minutes", 40.0),
     ],
 )
 def test_a_runtime_key_plans_nothing(study, key, value):
