@@ -14,6 +14,7 @@ from pipeline.workflow import memory as study_memory
 from pipeline.workflow import sources as study_sources
 from pipeline.workflow import stage_params as stage_json
 from pipeline.workflow.environment import interpreter_first_on_path
+from pipeline.workflow.preflight import check_train_prompts
 from pipeline.rewards import REWARDS
 
 # Job shells run `python -m pipeline.stages.<rule>`: make that this Snakemake's own interpreter.
@@ -29,6 +30,7 @@ for _configfile in workflow.configfiles:
 config.update(coerce_strings(config))
 CFG = load_config(config, source="the study config")
 check_rewards(CFG, REWARDS, source="the study config")
+check_train_prompts(CFG, source="the study config")
 # A self_contained study (the paper configs) takes no used key from config.yaml: what its
 # --configfile files and --config state is all it may rely on.
 check_self_contained(

@@ -152,6 +152,12 @@ def _check_method(name: str, method: MethodConfig, steps: int, sde_steps: int, s
             f"{source}: config key '{key}.inverse_std_weights' sets mix_then_normalize's reward weights: it "
             f"takes mixing mix_then_normalize (not {method.mixing!r}) and no {key}.reward_weights"
         )
+    if method.roots < 2 and not method.branch_steps:
+        raise ConfigError(
+            f"{source}: config key '{key}.roots' ({method.roots}) with no branch_steps: each prompt's group "
+            "would hold one image, whose advantage is 0, so the method would train nothing; set roots >= 2 "
+            "or branch (branch_steps, branch_factors)"
+        )
     if len(method.branch_steps) != len(method.branch_factors):
         raise ConfigError(
             f"{source}: config key {key!r}: {len(method.branch_steps)} branch_steps but "

@@ -5,12 +5,17 @@ Workers fork from a clean forkserver that has imported :mod:`pipeline.rewards` o
 start fast (spawn costs ~2 s per worker) and never inherit a caller's thread pools: a plain
 fork of a process that has run torch or onnxruntime can deadlock in the child (seen in the
 test suite). Where forkserver does not exist (Windows, macOS on old Pythons), spawn.
+
+Workers ignore SIGINT: Ctrl-C reaches the terminal's whole process group, and a worker that
+died of it would leave its task unanswered and the parent waiting on the pool for ever. The
+parent alone handles it and ends the pool (``terminate``), which stops the workers.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import signal
 
 from pipeline.rewards import Reward, build_rewards
 
@@ -19,6 +24,7 @@ _worker_rewards: dict[str, Reward] = {}
 
 def _init_worker(names: list[str], settings: dict) -> None:
     global _worker_rewards
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_rewards = build_rewards(names, settings, ocr_threads=1)
 
 

@@ -61,9 +61,14 @@ class LeafScorer:
         table = pd.concat(parts, axis=1)
         return table[[c for n in self.names for c in (n, *self.rewards[n].indicators)]]
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """End the pool: let its workers finish, or with ``abort`` (an exception, Ctrl-C) stop
+        them at once; waiting for tasks a dead worker left unanswered would never end."""
         if self.pool is not None:
-            self.pool.close()
+            if abort:
+                self.pool.terminate()
+            else:
+                self.pool.close()
             self.pool.join()
             self.pool = None
 

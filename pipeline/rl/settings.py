@@ -55,7 +55,6 @@ class LoopSettings:
     detach_uncond: bool = True  # the loss's CFG: no gradient through the unconditional branch
 
 
-
 def method_spec(method: MethodConfig, steps: int, sde_steps: int = 0) -> MethodSpec:
     schedule = TreeSchedule(
         num_steps=steps,
@@ -141,11 +140,18 @@ def run_plan(
         cfg = dataclasses.replace(cfg, reward_weights=weights)
     sampling = raw["sampling"]
     method = method_spec(method_config, sampling["train_steps"], cfg.sde_steps)
-    settings = loop_settings(cfg, sampling)
-    if cfg.equal_sampling_nfe:
-        prompts = equal_nfe_prompts(cfg.prompts_per_iteration, method.schedule, cfg.gpus)
-        settings = dataclasses.replace(settings, prompts_per_iteration=prompts)
+    settings = dataclasses.replace(
+        loop_settings(cfg, sampling), prompts_per_iteration=iteration_prompt_count(cfg, method)
+    )
     return cfg, method, settings
+
+
+def iteration_prompt_count(train: TrainConfig, method: MethodSpec) -> int:
+    """The distinct prompts one iteration of ``method`` samples: ``train.prompts_per_iteration``,
+    or with ``equal_sampling_nfe`` those at which its rollouts cost a flat group's NFE."""
+    if train.equal_sampling_nfe:
+        return equal_nfe_prompts(train.prompts_per_iteration, method.schedule, train.gpus)
+    return train.prompts_per_iteration
 
 
 def check_branch_noise(method: MethodSpec, raw: dict) -> None:
@@ -170,4 +176,3 @@ def scored_rewards(cfg: TrainConfig, raw: dict) -> list[str]:
     those the card weighs 0 (no spread at the base), whose means still show the arm's progress."""
     zeroed = list(cfg.reward_weights) if raw["method"].get("inverse_std_weights") else []
     return list(dict.fromkeys([*cfg.trained_rewards(), *zeroed]))
-

@@ -133,9 +133,14 @@ def train(
     cfg = plan[0]
     scorer = rollout_scorer(scored_rewards(cfg, raw), raw["rewards"], cfg.score_workers, policy.device)
     try:
-        return _train_loop(policy, scorer, plan, train_split, raw, runtime, out_dir, run, ranks, code_digest)
-    finally:
-        scorer.close()
+        result = _train_loop(
+            policy, scorer, plan, train_split, raw, runtime, out_dir, run, ranks, code_digest
+        )
+    except BaseException:  # Ctrl-C included: stop the workers, do not wait on their tasks
+        scorer.close(abort=True)
+        raise
+    scorer.close()
+    return result
 
 
 def _train_loop(

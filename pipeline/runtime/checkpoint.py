@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -169,3 +171,16 @@ def drop_snapshots_after(folder: Path, iteration: int) -> None:
         if done > iteration:
             path.unlink()
 
+
+
+@contextmanager
+def interrupt_note(checkpoint_dir: Path) -> Iterator[None]:
+    """Turn Ctrl-C (KeyboardInterrupt) into a one-line exit that says the checkpoint in
+    ``checkpoint_dir`` is kept and a rerun resumes: checkpoints are written by rename, so an
+    interrupt never leaves one half-written."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(
+            f"interrupted (Ctrl-C): the last checkpoint in {checkpoint_dir} is kept; rerun to resume from it"
+        ) from None

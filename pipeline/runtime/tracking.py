@@ -226,7 +226,8 @@ def stage_run(
     (time guards, workers: pipeline.workflow.stage_params) is logged under ``runtime.`` but not hashed,
     so that a run resumed after a changed time guard continues its MLflow run.
 
-    The run ends ``FINISHED`` on success and ``FAILED`` on an exception (which propagates),
+    The run ends ``FINISHED`` on success, ``KILLED`` on Ctrl-C and ``FAILED`` on another
+    exception (which propagates),
     the run-id file's write included. With ``resume_file`` (kept beside a resumable stage's
     checkpoint, outside its declared outputs) a rerun after a kill continues the unfinished
     run that the file names, so one run holds the whole curve, and a new run's id is
@@ -284,8 +285,9 @@ def _tracked(
         if resumed is None:
             handle.log_params(flatten(stage_config | ({"runtime": runtime} if runtime else {})))
         yield handle
-    except BaseException:
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(DatabaseLocked):  # the stage's own error matters more
-            _retry(client.set_terminated, handle.run_id, "FAILED")
+            _retry(client.set_terminated, handle.run_id, status)
         raise
     _retry(client.set_terminated, handle.run_id, "FINISHED")

@@ -34,6 +34,7 @@ from pipeline.config.types import PRETRAIN_RUNTIME_KEYS, MiniModelConfig, Pretra
 from pipeline.models.mini import save_mini
 from pipeline.models.pretraining import build_model, train
 from pipeline.runtime import io, tracking
+from pipeline.runtime.checkpoint import interrupt_note
 from pipeline.workflow.sources import sources_digest
 
 
@@ -73,7 +74,8 @@ def _pretrain(
 ) -> int:
     model = build_model(mini_cfg, cfg.seed)
     resume_file = args.out_dir / tracking.RESUME_RUN_FILE
-    with tracking.stage_run(args, raw, resume_file=resume_file, runtime=runtime) as run:
+    tracked = tracking.stage_run(args, raw, resume_file=resume_file, runtime=runtime)
+    with interrupt_note(args.out_dir / "checkpoint"), tracked as run:
         # The checkpoint belongs to what decides the weights, config and code: after a changed
         # time guard it resumes, after a code edit it starts afresh.
         stage_hash = config_hash({"config": raw, "code": sources_digest("pipeline.stages.pretrain_base")})

@@ -49,7 +49,7 @@ from pipeline.rl import distributed
 from pipeline.rl.settings import check_branch_noise, run_plan
 from pipeline.rl.trainer import train
 from pipeline.runtime import io, tracking
-from pipeline.runtime.checkpoint import SNAPSHOTS, snapshot_files, snapshot_store
+from pipeline.runtime.checkpoint import SNAPSHOTS, interrupt_note, snapshot_files, snapshot_store
 from pipeline.workflow.sources import sources_digest
 
 
@@ -89,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     model, (cfg, method, settings) = raw["model"], run_plan(raw, runtime, args.card)
     if not args.train.is_file():
         raise SystemExit(f"--train {args.train}: no such file")
+    train_split = pd.read_parquet(args.train)
+    if len(train_split) < settings.prompts_per_iteration:
+        raise SystemExit(
+            f"--train {args.train}: {len(train_split)} prompts, fewer than the "
+            f"{settings.prompts_per_iteration} distinct prompts an iteration of {args.method} samples "
+            f"(train.prompts_per_iteration "
+            f"{cfg.prompts_per_iteration}); lower it or give the split more prompts"
+        )
     check_branch_noise(method, raw)
     try:
         distributed.check_shardable(settings.prompts_per_iteration, args.nproc)
@@ -119,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             if ranks.is_main
             else contextlib.nullcontext(tracking.StageRun())
         )
-        with tracked as run:
+        with interrupt_note(args.out_dir / "checkpoint"), tracked as run:
             code = sources_digest("pipeline.stages.train")
-            info = train(
-                policy, pd.read_parquet(args.train), raw, runtime, args.out_dir, run, code, ranks, args.card
-            )
+            info = train(policy, train_split, raw, runtime, args.out_dir, run, code, ranks, args.card)
             if ranks.is_main:
                 write_outputs(args.out_dir, policy, info | {"method": args.method})
     finally:
@@ -131,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     if ranks.is_main:
         print(f"{args.method}: {info['iterations']} iterations in {info['train_seconds']:.0f} s")
     return 0
-
 
 
 if __name__ == "__main__":

@@ -133,6 +133,60 @@ def test_killed_run_resumes_and_completes(tmp_path, train_split):
     assert (tmp_path / "out" / "weights.safetensors").exists()
 
 
+def test_one_ctrl_c_stops_training_with_its_reward_workers_and_a_rerun_resumes(tmp_path, train_split):
+    """Ctrl-C sends SIGINT to the terminal's whole process group: the stage and its reward
+    workers. The workers leave it to the stage, which ends its pool and stops within seconds
+    (it hung on a dead pool's lock), its last checkpoint intact; a rerun resumes."""
+    tiny_mini_dir(tmp_path / "mini")
+    jsons = train_jsons(iterations=5, checkpoint_every=1, score_workers=2)
+    args = [sys.executable, "-m", "pipeline.stages.train", *_train_args(tmp_path, train_split, jsons)]
+    process = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    state = tmp_path / "out" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), process.stdout.read() if process.poll() is not None else "no checkpoint yet"
+    time.sleep(0.5)  # into the next iteration's rollouts and scoring
+    interrupted = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("one Ctrl-C did not stop training within 30 s") from None
+    assert process.returncode != 0 and time.monotonic() - interrupted < 30
+    assert "interrupted (Ctrl-C): the last checkpoint in" in output, output
+    _wait_until_the_group_is_gone(process.pid)
+    done = json.loads(state.read_text())["iteration"]
+    assert 1 <= done < 5, "the run finished before it could be interrupted"
+    assert train.main(_train_args(tmp_path, train_split, jsons)) == 0
+    assert list(pd.read_parquet(tmp_path / "out" / "metrics.parquet").iteration) == [0, 1, 2, 3, 4]
+
+
+def _wait_until_the_group_is_gone(pgid: int, seconds: float = 10.0) -> None:
+    """No process of group ``pgid`` (the stage's reward workers, its forkserver) outlives it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError(
+        f"processes of the stopped stage's group {pgid} were still running after {seconds} s"
+    )
+
+
+def test_a_split_smaller_than_an_iteration_stops_before_the_model_loads(tmp_path, train_split):
+    """The DAG's check bounds the split by its source; curation may still drop prompts."""
+    jsons = train_jsons(prompts_per_iteration=6, equal_sampling_nfe=False)
+    with pytest.raises(SystemExit, match=r"train.parquet: 4 prompts, fewer than the 6 distinct prompts"):
+        train.main(_train_args(tmp_path, train_split, jsons))  # no base model in tmp_path: not loaded
+
+
 def test_nan_loss_stops_with_an_error_and_keeps_the_checkpoint(tmp_path, train_split, monkeypatch):
     tiny_mini_dir(tmp_path / "mini")
     real = update.ppo_clip_loss

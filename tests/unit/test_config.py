@@ -69,6 +69,14 @@ def test_bad_values_name_key_and_value(path, value, expected):
     assert "test.yaml" in str(error.value)
 
 
+def test_a_method_whose_groups_hold_one_image_is_refused_unless_it_branches():
+    """One root and no branching: every group's advantage is 0 and the run trains nothing."""
+    with pytest.raises(ConfigError, match=r"'methods.flow_grpo.roots' \(1\) with no branch_steps"):
+        load(_set(default_raw(), "methods.flow_grpo.roots", 1), source="test.yaml")
+    one_root_tree = _set(default_raw(), "methods.tree_grpo.roots", 1)
+    assert load(one_root_tree).methods["tree_grpo"].roots == 1  # it branches: groups of siblings
+
+
 def test_missing_required_key():
     raw = default_raw()
     del raw["dataset"]

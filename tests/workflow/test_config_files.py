@@ -55,3 +55,27 @@ def test_nested_command_line_override_is_read_as_a_number(tmp_path):
     bad = snakemake(folder, "-n", "--config", "report={grid_prompts: six}", check=False)
     assert bad.returncode != 0
     assert "config key 'report.grid_prompts': 'six' is invalid" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        (
+            "methods:\n  flow_grpo:\n    roots: 1\n",
+            "config key 'methods.flow_grpo.roots' (1) with no branch_steps",
+        ),
+        (
+            "train:\n  prompts_per_iteration: 61\n  equal_sampling_nfe: false\n",
+            "an iteration samples 61 distinct prompts, but the train split has at most 60",
+        ),
+    ],
+)
+def test_a_study_that_could_not_train_is_refused_when_the_dag_is_built(tmp_path, overlay, expected):
+    """A method that trains nothing (groups of one image) and a split smaller than an iteration
+    built a DAG, then trained nothing or died inside numpy."""
+    folder = copy_workflow(tmp_path)
+    (folder / "overlay.yaml").write_text(overlay)
+    result = snakemake(folder, "-n", "--configfile", "config_tiny.yaml", "overlay.yaml", check=False)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, result.stdout + result.stderr
+    assert not (folder / "results").exists()
