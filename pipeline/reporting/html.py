@@ -208,7 +208,7 @@ def warnings_for(
     raw: dict, summary: pd.DataFrame, infos: dict[str, dict], base_info: dict | None
 ) -> list[str]:
     """Plain sentences for everything that makes the study's numbers suspect: a stage cut short
-    by its time guard, an illegible base model."""
+    by its time guard, missing scores, an illegible base model."""
     warnings = []
     if base_info is not None and "pretrain" in raw:
         done, wanted = base_info.get("steps", 0), raw["pretrain"]["steps"]
@@ -231,6 +231,14 @@ def warnings_for(
             f"Training and test sample differently: rollouts at guidance {raw['train'].get('guidance')}, "
             f"the test split at {sampling.get('guidance')} (sampling.guidance); a method's effect can "
             "hide or reverse between the two."
+        )
+    missing = summary[summary["missing_scores"] > 0] if "missing_scores" in summary else summary.iloc[:0]
+    if len(missing):
+        counts = ", ".join(f"{row.model} {row.missing_scores}" for row in missing.itertuples())
+        warnings.append(
+            f"{int(missing.missing_scores.sum())} test scores are missing ({counts}): an unreadable image or "
+            "a reward that returned no finite score (the reason column of each rewards.parquet); every "
+            "mean leaves them out."
         )
     base = summary[summary.model == "base"]
     if "ocr" in summary and len(base) and base["ocr"].iloc[0] < ILLEGIBLE_OCR:

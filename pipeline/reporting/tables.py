@@ -48,18 +48,29 @@ def per_image_table(rewards: pd.DataFrame, weights: dict[str, float] | None = No
     return wide
 
 
-def summary_table(images: pd.DataFrame, infos: dict[str, dict]) -> pd.DataFrame:
-    """Per model: mean over images within each seed, then mean and std across seeds."""
+def summary_table(
+    images: pd.DataFrame, infos: dict[str, dict], missing: pd.Series | None = None
+) -> pd.DataFrame:
+    """Per model: mean over images within each seed, then mean and std across seeds; a missing
+    score is left out of every mean and counted in ``missing_scores`` (``missing``: per model,
+    :func:`missing_scores`)."""
     metrics = [c for c in images.columns if c not in ("model", "line_id", "seed")]
     per_seed = images.groupby(["model", "seed"])[metrics].mean()
     mean, spread = per_seed.groupby("model").mean(), per_seed.groupby("model").std(ddof=0)
     table = mean.join(spread.add_suffix("_seed_std"))
     table["seeds"] = per_seed.groupby("model").size()
+    table["missing_scores"] = [int(missing.get(m, 0)) if missing is not None else 0 for m in table.index]
     table["training_nfe"] = [infos.get(m, {}).get("nfe_cumulative", 0) for m in table.index]
     table["training_minutes"] = [round(infos.get(m, {}).get("train_seconds", 0) / 60, 2) for m in table.index]
     table["iterations"] = [infos.get(m, {}).get("iterations", 0) for m in table.index]
     order = ["base"] + sorted(m for m in table.index if m != "base")
     return table.loc[[m for m in order if m in table.index]].reset_index()
+
+
+def missing_scores(rewards: pd.DataFrame) -> pd.Series:
+    """Per model of the long rewards table: how many (image, reward) scores are missing (an
+    unreadable image, a reward that returned NaN or an infinite value; ``reason`` says which)."""
+    return rewards[rewards["score"].isna()].groupby("model").size()
 
 
 def paired_table(images: pd.DataFrame, base: str = "base") -> pd.DataFrame:

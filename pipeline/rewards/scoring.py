@@ -59,6 +59,7 @@ class LeafScorer:
             ]
             parts.append(pd.concat(self.pool.starmap(_score_in_worker, shares), ignore_index=True))
         table = pd.concat(parts, axis=1)
+        check_finite(table, self.names, prompts)
         return table[[c for n in self.names for c in (n, *self.rewards[n].indicators)]]
 
     def close(self, abort: bool = False) -> None:
@@ -79,6 +80,21 @@ def _score_in_worker(
     return score_images(worker_rewards(), images, prompts, texts, colors)
 
 
+def check_finite(table: pd.DataFrame, names: list[str], prompts: list[str]) -> None:
+    """Raise :class:`FloatingPointError` naming the reward, the count and the first image's
+    prompt and value when a reward column of ``table`` (one row per rollout) is not finite: an
+    advantage computed from it would make the loss NaN without saying why."""
+    for name in names:
+        scores = table[name].to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if len(bad):
+            first = bad[0]
+            raise FloatingPointError(
+                f"reward {name!r} returned {scores[first]} for {len(bad)} of {len(scores)} rollouts "
+                f"(first: image {first}, prompt {prompts[first]!r})"
+            )
+
+
 def group_spread(scores: pd.DataFrame, groups: np.ndarray, names: list[str]) -> dict[str, float]:
     """Per reward: mean within-group std and the share of groups with non-zero spread."""
     stats = {}
@@ -94,6 +110,9 @@ def summarise(scores: pd.DataFrame) -> dict[str, float]:
     """Mean of every reward column, with exact match and colour accuracy as rates."""
     return {column: round(float(scores[column].mean()), 4) for column in scores.columns}
 
+
+# The start of the reason of a score a reward returned as NaN or infinite (recorded missing).
+NON_FINITE = "non-finite score"
 
 # Images per worker task: large enough to amortise inter-process traffic, small enough to
 # balance two workers on a few hundred images.
@@ -134,8 +153,15 @@ def score_chunk(
     out = []
     for name, reward in rewards.items():
         result = reward.score(images, prompts, metadata)
-        for row, score, detail in zip(rows, result.scores, result.details, strict=True):
-            out.append({"row": row, "reward": name, "score": float(score)} | detail)
+        for row, path, score, detail in zip(rows, paths, result.scores, result.details, strict=True):
+            record = {"row": row, "reward": name, "score": float(score)} | detail
+            if not np.isfinite(record["score"]):
+                # Missing, never averaged: a mean skips it, and the reason says why.
+                record |= {
+                    "score": np.nan,
+                    "reason": f"{NON_FINITE}: {name} returned {float(score)} for {path}",
+                }
+            out.append(record)
     return out
 
 

@@ -38,6 +38,7 @@ from pipeline.reporting.tables import (
     comparison_view,
     headline_table,
     method_summary,
+    missing_scores,
     paired_table,
     per_image_table,
     reward_metrics,
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(args, raw) as run:
         weights = raw.get("train", {}).get("reward_weights", {})
         images = per_image_table(rewards, weights)
-        summary = summary_table(images, infos)
+        summary = summary_table(images, infos, missing_scores(rewards))
         has_base = "base" in set(images.model)
         paired = paired_table(images) if has_base else pd.DataFrame()
         stability = stability_table(metrics, probes, reward_names)

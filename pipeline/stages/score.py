@@ -12,7 +12,10 @@ the rewards' explanation columns (recognised text, edit distance, measured colou
 An image file that cannot be decoded (truncated, empty, not an image) does not stop the
 stage: its rows get a missing score and the reason ``unreadable: ...``, and the count is
 printed and logged (``unreadable_images``); with ``--strict`` it is an error naming the row
-and file, raised before any scoring. A missing file is always an error naming its row.
+and file, raised before any scoring. A missing file is always an error naming its row. A
+reward that returns NaN or an infinite score for an image gets a missing score too, with the
+reason ``non-finite score: <reward> returned <value> for <image>``, counted and logged
+(``non_finite_scores``); with ``--strict`` the stage fails naming the image, writing nothing.
 
 Per-image rewards run in ``--workers`` processes, each with a single-threaded OCR engine,
 and OCR runs once per image however many rewards use it; batched model rewards (PickScore)
@@ -34,6 +37,7 @@ import torch
 
 from pipeline.rewards import check_names
 from pipeline.rewards.scoring import (
+    NON_FINITE,
     check_samples,
     score_readable,
     unreadable_images,
@@ -78,13 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(args, {"rewards": names, "settings": settings}) as run:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         table = score_readable(samples, paths, names, settings, max(1, args.workers), unreadable, device)
+        reasons = table["reason"] if "reason" in table else pd.Series("", index=table.index)
+        non_finite = reasons.fillna("").astype(str).str.startswith(NON_FINITE)
+        if non_finite.any() and args.strict:
+            first = table[non_finite].iloc[0]
+            raise SystemExit(
+                f"--samples {first['image_path']}: {first['reason']} (--strict; {int(non_finite.sum())} "
+                "non-finite scores in all); nothing was written"
+            )
         io.write_parquet(args.out, pa.Table.from_pandas(table, preserve_index=False))
         means = table.groupby("reward")["score"].mean()
         run.log_metrics({f"{name}_mean": float(value) for name, value in means.items()})
-        run.log_metrics({"unreadable_images": len(unreadable)})
+        run.log_metrics({"unreadable_images": len(unreadable), "non_finite_scores": int(non_finite.sum())})
     if unreadable:
         print(
             f"{len(unreadable)} of {len(samples)} images unreadable: scores missing, reason 'unreadable: ...'"
+        )
+    if non_finite.any():
+        counts = table[non_finite].groupby("reward").size()
+        print(
+            f"{int(non_finite.sum())} non-finite scores recorded as missing (reason '{NON_FINITE}: ...'): "
+            + ", ".join(f"{name} {count}" for name, count in counts.items())
         )
     print(f"scored {len(samples) - len(unreadable)} images x {len(names)} rewards -> {args.out}")
     return 0

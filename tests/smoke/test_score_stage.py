@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from pipeline.data.palette import PALETTE
 from pipeline.data.text_images import LIGHT, render
-from pipeline.rewards import scoring
+from pipeline.rewards import REWARDS, scoring
+from pipeline.rewards.base import Reward
+from pipeline.rewards.scoring import LeafScorer
 from pipeline.stages import score
 
 NAMES = ("ocr", "color", "quality")
@@ -138,3 +143,66 @@ def test_a_decompression_bomb_is_an_unreadable_image(samples, tmp_path, monkeypa
     assert "1 of 12 images unreadable" in capsys.readouterr().out
     table = pd.read_parquet(out).set_index("sample_id")
     assert table.loc[5, "reason"].startswith("unreadable:") and "decompression bomb" in table.loc[5, "reason"]
+
+
+class HalfBlindReward(Reward):
+    """A toy reward that returns NaN (or infinity) for the images of some target words."""
+
+    name = "half_blind"
+    detail_defaults: ClassVar[dict] = {}
+    blind: ClassVar[dict[str, float]] = {"TIGER": float("nan"), "CAMERA": float("inf")}
+
+    def score_image(self, rgb, meta: dict, target: None) -> tuple[float, dict]:
+        return self.blind.get(meta["text"], 0.5), {}
+
+
+@pytest.fixture
+def half_blind(monkeypatch):
+    monkeypatch.setitem(REWARDS, HalfBlindReward.name, HalfBlindReward)
+
+
+def test_a_non_finite_score_is_recorded_missing_with_its_reason(samples, tmp_path, half_blind, capsys):
+    """4 of 12 images NaN, 4 infinite: each missing with reward, value and image, counted,
+    and out of the mean (it was 0.5 before and 0.5 it stays)."""
+    out = tmp_path / "r.parquet"
+    args = ["--samples", str(samples), "--out", str(out), "--rewards", "half_blind,color", "--workers", "1"]
+    assert score.main(args) == 0
+    assert "8 non-finite scores recorded as missing (reason 'non-finite score: ...'): half_blind 8" in (
+        capsys.readouterr().out
+    )
+    table = pd.read_parquet(out)
+    mine = table[table.reward == "half_blind"]
+    bad = mine[mine.text.isin(["TIGER", "CAMERA"])]
+    assert len(bad) == 8 and bad.score.isna().all()
+    assert bad.reason.str.match(r"non-finite score: half_blind returned (nan|inf) for .*img_\d+\.png").all()
+    assert "img_1.png" in bad.reason.iloc[0]
+    assert mine.score.mean() == 0.5  # the four finite scores alone
+    assert table[table.reward == "color"].score.notna().all()  # the other reward is untouched
+
+
+def test_strict_makes_a_non_finite_score_an_error_naming_the_image(samples, tmp_path, half_blind):
+    out = tmp_path / "r.parquet"
+    args = [
+        "--samples",
+        str(samples),
+        "--out",
+        str(out),
+        "--rewards",
+        "half_blind",
+        "--workers",
+        "1",
+        "--strict",
+    ]
+    with pytest.raises(
+        SystemExit, match=r"img_1.png: non-finite score: half_blind returned nan .*--strict; 8 "
+    ):
+        score.main(args)
+    assert not out.exists()
+
+
+def test_training_stops_on_a_non_finite_reward_naming_it(half_blind):
+    scorer = LeafScorer({"half_blind": HalfBlindReward()})
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 128, 3), dtype=np.uint8)
+    prompts = ['A sign "HELLO"', 'A sign "TIGER"', 'A sign "CAT"']
+    with pytest.raises(FloatingPointError, match=r"reward 'half_blind' returned nan for 1 of 3 rollouts "):
+        scorer(images, prompts, ["HELLO", "TIGER", "CAT"], ["red", "blue", "black"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from pipeline.reporting.html import warnings_for
 from pipeline.reporting.tables import (
@@ -14,8 +15,10 @@ from pipeline.reporting.tables import (
     format_change,
     headline_table,
     method_summary,
+    missing_scores,
     per_image_table,
     seed_mean_curve,
+    summary_table,
     trend_table,
 )
 
@@ -171,3 +174,25 @@ def test_comparison_view_leaves_untested_rows_blank():
     assert view.loc[0, "estimate ± SE"] == "+0.400 ± 0.100"
     assert (view.loc[0, "Holm p"], view.loc[0, "significant"]) == ("0.04", "yes")
     assert (view.loc[1, "estimate ± SE"], view.loc[1, "p"], view.loc[1, "significant"]) == ("-0.100", "", "")
+
+
+def test_missing_scores_are_counted_warned_about_and_never_averaged():
+    """4 of 10 base images without a finite OCR score: the mean is that of the other 6."""
+    scores = [0.2] * 6 + [math.nan] * 4
+    rewards = pd.DataFrame(
+        {
+            "model": ["base"] * 10 + ["flow_grpo"] * 10,
+            "line_id": list(range(10)) * 2,
+            "seed": [0] * 20,
+            "reward": ["ocr"] * 20,
+            "score": scores + [0.4] * 10,
+            "reason": [""] * 6 + ["non-finite score: ocr returned nan for x.png"] * 4 + [""] * 10,
+        }
+    )
+    missing = missing_scores(rewards)
+    assert missing.to_dict() == {"base": 4}
+    summary = summary_table(per_image_table(rewards), {}, missing)
+    assert summary.set_index("model").missing_scores.to_dict() == {"base": 4, "flow_grpo": 0}
+    assert summary.set_index("model").ocr["base"] == pytest.approx(0.2)
+    (warning,) = warnings_for({}, summary, {}, None)
+    assert warning.startswith("4 test scores are missing (base 4)")
