@@ -30,7 +30,7 @@ from pipeline.data.palette import COLOR_NAMES, PALETTE
 
 # Straight and typographic double quotes; the span must be non-empty.
 QUOTED_SPAN = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
-# Sentence ends: . ! ? followed by whitespace (the quoted span itself is masked first, so a
+# Sentence ends: . ! ? followed by whitespace (one inside the quoted span is ignored, so a
 # full stop inside the text never splits a sentence).
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -97,10 +97,13 @@ def _words_around(prompt: str, span: re.Match) -> tuple[list[str], list[str]]:
     the scene); an ``in ...`` phrase up to its noun, across commas ("in bold, neon letters");
     otherwise the words up to the next comma ("printed boldly in red on a white background").
     """
-    # Mask the span so its own punctuation cannot end the sentence.
-    masked = prompt[: span.start()] + "\x00" + prompt[span.end() :]
-    sentence = next(s for s in SENTENCE_END.split(masked) if "\x00" in s)
-    before, after = sentence.split("\x00", 1)
+    # The sentence around the span, by position: a sentence end inside the span (its own
+    # punctuation) does not count, and no character of the prompt serves as a marker (a NUL
+    # byte in a prompt once collided with the mask that did).
+    ends = [m for m in SENTENCE_END.finditer(prompt) if m.end() <= span.start() or m.start() >= span.end()]
+    start = max((m.end() for m in ends if m.end() <= span.start()), default=0)
+    stop = min((m.start() for m in ends if m.start() >= span.end()), default=len(prompt))
+    before, after = prompt[start : span.start()], prompt[span.end() : stop]
     # Punctuation that introduces the quotation ("reads, ", "letters: ") belongs to it.
     before = re.split(r",|" + CLAUSE_BREAK.pattern, before.rstrip(" ,:"))[-1]
     words_before = [w.lower() for w in WORD.findall(before)][::-1][:WINDOW_BEFORE]

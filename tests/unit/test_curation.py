@@ -42,6 +42,20 @@ def test_decide(prompt, action, color, reason):
     assert (decision.action, decision.color, decision.reason) == (action, color, reason)
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        'A big red\x00 ball. A sign reads "SALE" above the door.',
+        'A sign reads "SALE" above the door. A red\x00 ball.',
+        'A poster\x00 with "SALE" in bold red letters, in a window.',
+    ],
+)
+def test_a_nul_byte_outside_the_text_does_not_change_the_decision(prompt):
+    """The span was once masked with a NUL, so a NUL in the prompt picked the wrong sentence."""
+    with_nul, without = decide(prompt), decide(prompt.replace("\x00", ""))
+    assert (with_nul.action, with_nul.color, with_nul.reason) == (without.action, without.color, without.reason)
+
+
 def test_text_is_first_quoted_span():
     decision = decide('A sign reads "FIRST" and another "SECOND".')
     assert decision.text == "FIRST"
