@@ -14,6 +14,7 @@ kept lines, so a missing id in the compared range counts as dropped there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -36,6 +37,33 @@ def f1_score(truth: pd.Series, predicted: pd.Series) -> float:
     fp = int((~truth & predicted).sum())
     fn = int((truth & ~predicted).sum())
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+# The columns of a published curation that the comparison reads.
+PUBLISHED_COLUMNS = ("line_id", "source", "color")
+
+
+def read_published(path: Path) -> pd.DataFrame:
+    """The published curation at ``path`` (CSV with :data:`PUBLISHED_COLUMNS`); a file that is
+    missing, not CSV, lacks a column or has a line id that is not an integer stops the stage
+    naming the file and what is wrong."""
+    if not path.is_file():
+        raise SystemExit(f"--published {path}: no such file")
+    try:
+        published = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' ParserError is a ValueError
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"--published {path}: cannot be read as CSV ({first})") from None
+    missing = [column for column in PUBLISHED_COLUMNS if column not in published.columns]
+    if missing:
+        raise SystemExit(
+            f"--published {path}: no column {', '.join(map(repr, missing))} (it has "
+            f"{', '.join(map(str, published.columns)) or 'none'}); a published split needs "
+            f"{', '.join(PUBLISHED_COLUMNS)}"
+        )
+    if not pd.api.types.is_integer_dtype(published["line_id"]):
+        raise SystemExit(f"--published {path}: column 'line_id' must hold integers (source line numbers)")
+    return published
 
 
 def compare(ours: pd.DataFrame, published: pd.DataFrame, line_ids: range) -> Agreement:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.agreement import Agreement, compare
+from pipeline.data.agreement import Agreement, compare, read_published
 from pipeline.data.curation import GENERATED_SENTENCE
 from pipeline.data.palette import COLOR_NAMES
 from pipeline.runtime import io, tracking
@@ -162,14 +162,13 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = parse_stats(args.stats)
     vocab = json.loads(args.vocab.read_text(encoding="utf-8")) if args.vocab else None
+    published = read_published(args.published) if args.published is not None else None
     with tracking.stage_run(args, {"name": args.name, "published": str(args.published)}) as run:
         agreement_md = None
-        if args.published is not None:
-            if not args.published.is_file():
-                raise SystemExit(f"--published {args.published}: no such file")
+        if published is not None:
             seen = stats[args.compare_split]
             line_ids = range(seen["line_start"], seen["line_stop"])
-            agreement = compare(pd.read_parquet(args.compare_table), pd.read_csv(args.published), line_ids)
+            agreement = compare(pd.read_parquet(args.compare_table), published, line_ids)
             lines = f"{line_ids.start} to {line_ids.stop - 1}"
             agreement_md = agreement_section(agreement, args.published.name, lines)
             run.log_metrics(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from pipeline.data.agreement import compare, f1_score
 from pipeline.data.curation import curate
 from pipeline.data.prompt_files import read_prompts
+from pipeline.stages import dataset_card
 
 
 def test_f1_by_hand():
@@ -75,3 +77,36 @@ def test_a_line_separator_inside_a_prompt_shifts_no_line_id(shared_data, tmp_pat
     assert ours.loc[[i for i in others if i in ours.index], "source"].equals(reference.loc[others, "source"])
     published = pd.read_csv(shared_data / "ocr_color_10_test.csv")
     assert compare(ours.reset_index(), published, range(555)).drop_f1 >= 0.55
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "line_id,prompt,text,source\n0,p,t,allowed\n",
+            r"no column 'color' \(it has line_id, prompt, text, source\)",
+        ),
+        ("line_id,prompt\n0,p\n", r"no column 'source', 'color'"),
+        ("line_id,source,color\nfirst,allowed,red\n", r"column 'line_id' must hold integers"),
+        ('line_id,source,color\n0,"allowed,red\n', r"cannot be read as CSV"),
+        ("", r"cannot be read as CSV"),
+    ],
+)
+def test_a_published_split_without_its_columns_stops_the_card_naming_the_file(tmp_path, text, expected):
+    published = tmp_path / "published.csv"
+    published.write_text(text, encoding="utf-8")
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"line_start": 0, "line_stop": 1}', encoding="utf-8")
+    args = [
+        "--name",
+        "n",
+        "--stats",
+        f"test={stats}",
+        "--published",
+        str(published),
+        "--out",
+        str(tmp_path / "R.md"),
+    ]
+    with pytest.raises(SystemExit, match=rf"--published {published}: {expected}"):
+        dataset_card.main(args)
+    assert not (tmp_path / "R.md").exists()
