@@ -53,7 +53,11 @@ def test_decide(prompt, action, color, reason):
 def test_a_nul_byte_outside_the_text_does_not_change_the_decision(prompt):
     """The span was once masked with a NUL, so a NUL in the prompt picked the wrong sentence."""
     with_nul, without = decide(prompt), decide(prompt.replace("\x00", ""))
-    assert (with_nul.action, with_nul.color, with_nul.reason) == (without.action, without.color, without.reason)
+    assert (with_nul.action, with_nul.color, with_nul.reason) == (
+        without.action,
+        without.color,
+        without.reason,
+    )
 
 
 def test_text_is_first_quoted_span():
