@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import save_file
 from torch import nn
 
 from pipeline.data.curation import decide, first_quoted_span
@@ -256,8 +255,7 @@ def save_mini(model: MiniModel, folder: str | Path) -> None:
     require_finite(state, f"model {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     io.write_text(folder / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
-    with io.atomic_path(folder / "model.safetensors") as tmp:
-        save_file(state, tmp)
+    io.write_safetensors(folder / "model.safetensors", state)
 
 
 def load_mini(folder: str | Path) -> MiniModel:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from pipeline.models.policy import trainable_state
 from pipeline.runtime import io
@@ -54,5 +53,4 @@ def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
     weights = {k: v.contiguous().cpu() for k, v in weights.items()}
     require_finite(weights, f"{path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(path) as tmp:
-        save_file(weights, tmp)
+    io.write_safetensors(path, weights)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pipeline.runtime import io
 
@@ -82,12 +82,12 @@ def save_checkpoint(
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "weights.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    for written in ("weights.safetensors", "optimizer.safetensors"):
-        io.follow_umask(tmp / written)  # save_file leaves 0600
+    io.write_safetensors(
+        tmp / "weights.safetensors", {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    )
+    io.write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
     names = {"weights": sorted(weights), "optimizer": sorted(opt_tensors)}
-    (tmp / "state.json").write_text(json.dumps(state | {"param_groups": groups, "tensors": names}) + "\n")
+    io.write_text(tmp / "state.json", json.dumps(state | {"param_groups": groups, "tensors": names}) + "\n")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -170,7 +170,6 @@ def drop_snapshots_after(folder: Path, iteration: int) -> None:
     for done, path in snapshot_files(folder).items():
         if done > iteration:
             path.unlink()
-
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise type(error)(error.errno, f"{error.strerror or error} (writing {target})") from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_safetensors(target: str | os.PathLike, tensors: dict) -> None:
+    """``tensors`` (name -> CPU tensor) as a safetensors file at ``target``, atomically.
+
+    safetensors reports an OS error (a full disk: ``os error 28``) as its own error, without the
+    path: it becomes an :class:`OSError` with that errno, naming ``target``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    with atomic_path(target) as tmp:
+        try:
+            save_file(tensors, tmp)
+        except SafetensorError as error:
+            code = re.search(r"os error (\d+)", str(error))
+            raise OSError(int(code.group(1)) if code else None, str(error)) from error
 
 
 def follow_umask(path: str | os.PathLike) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -35,3 +37,26 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
         io.write_parquet(target, pa.table({"x": [1]}))
     assert caught.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+# A process whose file size limit is 64 KiB (RLIMIT_FSIZE; SIGXFSZ ignored so that the write
+# fails with EFBIG instead of killing it), as a full disk fails a write part-way: a real
+# error from safetensors' own writer, which does not name the file.
+WRITE_PAST_THE_LIMIT = """
+import resource, signal, sys, torch
+from pipeline.models.weights import save_weights
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+save_weights(__import__("pathlib").Path(sys.argv[1]), {"w": torch.zeros(1 << 16)})
+"""
+
+
+def test_a_failed_safetensors_write_names_the_file_and_leaves_nothing(tmp_path):
+    target = tmp_path / "run" / "weights.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_PAST_THE_LIMIT, str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("OSError: [Errno 27]") and f"(writing {target})" in last, result.stderr
+    assert list(target.parent.iterdir()) == []  # no temporary file, no partial target
