@@ -43,6 +43,19 @@ class DatabaseLocked(RuntimeError):
     """The tracking database stayed locked through every retry."""
 
 
+class DatabaseUnwritable(RuntimeError):
+    """The tracking database refused a write: a read-only file or folder, or a full disk."""
+
+
+# sqlite's messages (through SQLAlchemy and MLflow) for a database it cannot write, and what
+# each means for the user.
+UNWRITABLE = {
+    "attempt to write a readonly database": "is read-only (the file, or its folder, cannot be written)",
+    "unable to open database file": "cannot be opened for writing (its folder is read-only or missing)",
+    "database or disk is full": "cannot grow: the disk is full",
+}
+
+
 def _is_lock(error: Exception) -> bool:
     text = str(error).lower()
     return "locked" in text or "busy" in text
@@ -56,6 +69,10 @@ def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except Exception as error:  # MLflow wraps sqlalchemy's OperationalError variously
+            text = str(error).lower()
+            problem = next((meaning for message, meaning in UNWRITABLE.items() if message in text), None)
+            if problem is not None:
+                raise DatabaseUnwritable(problem) from None
             if not _is_lock(error):
                 raise
             if delay is None:
@@ -70,13 +87,23 @@ def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def database_problem(tracking_uri: str, problem: str) -> SystemExit:
     """A stage-stopping error naming the tracking database and what to do about ``problem``."""
     path = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else tracking_uri
-    remedy = (
-        "another process holds it (a stuck job, an `mlflow ui` writing to it): wait for it or stop it, "
-        f"then rerun (fuser {path} lists the holders)"
-        if "locked" in problem
-        else f"move {path} aside (it holds every run's records) or set mlflow.tracking_uri to another file, "
-        "then rerun"
-    )
+    if "locked" in problem:
+        remedy = (
+            "another process holds it (a stuck job, an `mlflow ui` writing to it): wait for it or stop it, "
+            f"then rerun (fuser {path} lists the holders)"
+        )
+    elif "disk is full" in problem:
+        remedy = f"free space on the disk that holds {path}, then rerun"
+    elif "read-only" in problem or "for writing" in problem:
+        remedy = (
+            f"make {path} and its folder writable (chmod u+w), or set mlflow.tracking_uri to a file in a "
+            "writable folder, then rerun"
+        )
+    else:
+        remedy = (
+            f"move {path} aside (it holds every run's records) or set mlflow.tracking_uri to another file, "
+            "then rerun"
+        )
     return SystemExit(f"MLflow database {path}: {problem}; {remedy}")
 
 
@@ -104,7 +131,7 @@ def _client(tracking_uri: str):
     try:
         client = _retry(MlflowClient, tracking_uri=tracking_uri)
         _retry(client.search_experiments, max_results=1)  # the schema is only read on first use
-    except DatabaseLocked as error:
+    except (DatabaseLocked, DatabaseUnwritable) as error:
         raise database_problem(tracking_uri, str(error)) from None
     except Exception as error:
         first = str(error).strip().splitlines()[0][:200]
@@ -143,7 +170,7 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
             # Tagged as model training so that the UI opens on the runs table, not the GenAI view.
             tags = {"mlflow.experimentKind": "custom_model_development"}
             return _retry(client.create_experiment, name, artifact_location=location, tags=tags)
-        except DatabaseLocked as error:
+        except (DatabaseLocked, DatabaseUnwritable) as error:
             raise database_problem(tracking_uri, str(error)) from None
 
 
@@ -244,7 +271,7 @@ def stage_run(
     try:
         with _tracked(args, stage_config, resume_file, record, runtime or {}) as handle:
             yield handle
-    except DatabaseLocked as error:
+    except (DatabaseLocked, DatabaseUnwritable) as error:
         raise database_problem(record["tracking_uri"], str(error)) from None
 
 
@@ -287,7 +314,7 @@ def _tracked(
         yield handle
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        with contextlib.suppress(DatabaseLocked):  # the stage's own error matters more
+        with contextlib.suppress(DatabaseLocked, DatabaseUnwritable):  # the stage's own error matters more
             _retry(client.set_terminated, handle.run_id, status)
         raise
     _retry(client.set_terminated, handle.run_id, "FINISHED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,36 @@ def test_two_studies_starting_at_once_on_a_new_database(tmp_path):
         jobs = [(uri, f"study{i}", str(tmp_path / f"e{attempt}_{i}.json")) for i in range(2)]
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             assert pool.map(_init_in_process, jobs) == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("sqlite_message", "expected"),
+    [
+        ("attempt to write a readonly database", r"is read-only .*; make {db} and its folder writable"),
+        (
+            "database or disk is full",
+            r"cannot grow: the disk is full; free space on the disk that holds {db}",
+        ),
+    ],
+)
+def test_a_database_that_refuses_writes_is_named_in_one_line_with_the_remedy(
+    tmp_path, record, monkeypatch, sqlite_message, expected
+):
+    """MLflow wraps sqlite's error in a traceback of about 200 lines that names no file. As root
+    (CI) a chmod does not stop sqlite writing, so the write fails as MLflow reports it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def refused(*args, **kwargs):
+        raise MlflowException(
+            f"(sqlite3.OperationalError) {sqlite_message}\n[SQL: INSERT INTO runs ...]\n" * 20
+        )
+
+    monkeypatch.setattr(MlflowClient, "create_run", refused)
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(SystemExit) as caught:
+        with tracking.stage_run(_args(record, "score", {}, tmp_path / "id.txt"), {"a": 1}):
+            pytest.fail("the stage ran without its MLflow run")
+    message = str(caught.value)
+    assert re.search(rf"MLflow database {db}: " + expected.format(db=db), message), message
+    assert len(message.splitlines()) == 1
