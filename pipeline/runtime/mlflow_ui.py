@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop_recorded(args.db)
     if not args.db.is_file():
         raise SystemExit(f"--db {args.db}: no such file; run the study first (make study)")
+    check_free(args.port, pgid_file(args.db))
     uri = f"sqlite:///{args.db}"
     base = f"http://127.0.0.1:{args.port}"
     experiments = [e for e in _client(uri).search_experiments() if e.name != "Default"]
@@ -72,12 +74,53 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def recorded_group(record: Path) -> int | None:
+    """The process group that ``record`` names, if it is still running."""
+    try:
+        pgid = int(record.read_text().strip())
+        os.killpg(pgid, 0)
+    except (OSError, ValueError):
+        return None
+    return pgid
+
+
+def check_free(port: int, record: Path) -> None:
+    """Stop before starting anything when a UI recorded beside the database still runs (a
+    second one would overwrite its record, and ``make ui-stop`` would lose it) or when
+    ``port`` on 127.0.0.1 is taken (the printed addresses would point at another server)."""
+    running = recorded_group(record)
+    if running is not None:
+        raise SystemExit(
+            f"an MLflow UI of this database already runs (process group {running}, recorded in {record}): "
+            "use it, or stop it with make ui-stop first"
+        )
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise SystemExit(
+                f"port {port} on 127.0.0.1 is in use ({error.strerror}): another server answers there; "
+                "pick a free one, e.g. make ui UI_PORT=5001"
+            ) from None
+
+
 def serve(command: list[str], record: Path) -> int:
     """Run ``command`` in a new process group, recorded in ``record``; stop the whole group
-    when this process ends or is told to, and return the server's exit status."""
+    when this process ends or is told to, and return the server's exit status.
+
+    The record is opened before the server starts: in a read-only folder nothing starts (a
+    server started first would be left running without a record when writing it failed)."""
     _die_with_parent()
-    server = subprocess.Popen(command, start_new_session=True)
-    record.write_text(f"{server.pid}\n")
+    try:
+        handle = record.open("w", encoding="utf-8")
+    except OSError as error:
+        raise SystemExit(
+            f"cannot write the UI's process record {record} ({error.strerror}): nothing was started; "
+            "make its folder writable, or serve a copy of the database from a writable folder (--db)"
+        ) from None
+    with handle:
+        server = subprocess.Popen(command, start_new_session=True)
+        handle.write(f"{server.pid}\n")
 
     def stop(signum=None, frame=None) -> None:
         stop_group(server.pid)
@@ -90,7 +133,9 @@ def serve(command: list[str], record: Path) -> int:
         return server.wait()
     finally:
         stop()
-        record.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only its own record, never another UI's
+            if record.read_text().strip() == str(server.pid):
+                record.unlink()
 
 
 def stop_group(pgid: int, grace_s: float = 10.0) -> bool:
