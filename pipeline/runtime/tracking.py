@@ -158,13 +158,37 @@ def _creation_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_artifact_location(experiment, artifact_root: str, tracking_uri: str, record: Path | None) -> None:
+    """Stop when ``experiment`` keeps its artifacts outside ``artifact_root`` (this project's
+    ``mlflow.artifact_root``, relative to the folder the study runs in).
+
+    MLflow stores an experiment's artifact location as an absolute path, so a database copied
+    with its project still points at the original's folder, and a stage run in the copy
+    would write its artifacts (the report, the model card) there."""
+    expected = Path(artifact_root).resolve().as_uri()
+    if experiment.artifact_location.rstrip("/") == expected.rstrip("/"):
+        return
+    path = tracking_uri.removeprefix("sqlite:///")
+    stale = f"rm {path}" + (f" {record}" if record is not None else "")
+    raise SystemExit(
+        f"MLflow experiment {experiment.name!r} in {tracking_uri} keeps its artifacts in "
+        f"{experiment.artifact_location}, not in this project's {expected} (mlflow.artifact_root "
+        f"{artifact_root!r}): the database was copied from another project, and this stage would write "
+        f"into that one. Nothing was written. To give this project its own experiment, `{stale}` and "
+        "rerun (mlflow_init makes a new one; every stage then reruns once to log into it); to keep "
+        f"writing there, set mlflow.artifact_root to {experiment.artifact_location.removeprefix('file://')}"
+    )
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> str:
-    """Create the database and the experiment if needed; return the experiment id."""
+    """Create the database and the experiment if needed; return the experiment id. An existing
+    experiment must keep its artifacts in ``artifact_root`` (:func:`check_artifact_location`)."""
     with _creation_lock(tracking_uri):
         client = _client(tracking_uri)
         try:
             existing = _retry(client.get_experiment_by_name, name)
             if existing is not None:
+                check_artifact_location(existing, artifact_root, tracking_uri, None)
                 return existing.experiment_id
             location = Path(artifact_root).resolve().as_uri()
             # Tagged as model training so that the UI opens on the runs table, not the GenAI view.
@@ -286,6 +310,10 @@ def _tracked(
         raise SystemExit(
             f"experiment {record['experiment']!r} does not exist in {record['tracking_uri']}; "
             "run the mlflow_init rule (python -m pipeline.stages.mlflow_init) first"
+        )
+    if "artifact_root" in record:  # records before 2026-12-04 lack it
+        check_artifact_location(
+            experiment, record["artifact_root"], record["tracking_uri"], args.mlflow_record
         )
     wildcards = json.loads(args.wildcards)
     tags = {

@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     experiment_id = ensure_experiment(args.tracking_uri, args.experiment, args.artifact_root)
     io.write_json(
         args.out,
-        {"tracking_uri": args.tracking_uri, "experiment": args.experiment, "experiment_id": experiment_id},
+        {
+            "tracking_uri": args.tracking_uri,
+            "experiment": args.experiment,
+            "experiment_id": experiment_id,
+            "artifact_root": args.artifact_root,
+        },
     )
     print(f"experiment {args.experiment!r} (id {experiment_id}) at {args.tracking_uri}")
     return 0

@@ -6,6 +6,9 @@ import argparse
 import json
 import multiprocessing
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,42 @@ def test_a_database_that_refuses_writes_is_named_in_one_line_with_the_remedy(
     message = str(caught.value)
     assert re.search(rf"MLflow database {db}: " + expected.format(db=db), message), message
     assert len(message.splitlines()) == 1
+
+
+def test_a_copied_project_stops_before_writing_into_the_originals_artifacts(tmp_path, monkeypatch):
+    """MLflow keeps an experiment's artifact folder as an absolute path: in a copy of a project
+    the report stage wrote index.html into the original's results/mlartifacts."""
+    original = tmp_path / "original"
+    (original / "results").mkdir(parents=True)
+    monkeypatch.chdir(original)
+    init = ["--tracking-uri", "sqlite:///results/mlflow.db", "--experiment", "study"]
+    init += ["--artifact-root", "results/mlartifacts", "--out", "results/experiment.json"]
+    assert mlflow_init.main(init) == 0
+    args = _args(Path("results/experiment.json"), "report", {}, Path("results/id.txt"))
+    with tracking.stage_run(args, {"a": 1}) as run:  # the original logs into its own folder
+        (original / "page.html").write_text("<p>original</p>")
+        run.log_artifact(original / "page.html")
+    before = sorted(p.relative_to(original) for p in (original / "results" / "mlartifacts").rglob("*"))
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    with pytest.raises(SystemExit) as caught:
+        with tracking.stage_run(args, {"a": 1}):
+            pytest.fail("the stage ran")
+    message = str(caught.value)
+    assert f"keeps its artifacts in {(original / 'results' / 'mlartifacts').as_uri()}" in message
+    assert f"not in this project's {(copy / 'results' / 'mlartifacts').as_uri()}" in message
+    assert "rm results/mlflow.db results/experiment.json" in message
+    with pytest.raises(SystemExit, match="the database was copied from another project"):
+        mlflow_init.main(init)
+    after = sorted(p.relative_to(original) for p in (original / "results" / "mlartifacts").rglob("*"))
+    assert after == before  # nothing was written into the original
+
+    for stale in ("results/mlflow.db", "results/experiment.json"):  # the remedy the message gives
+        (copy / stale).unlink()
+    # A new process, as a Snakemake job is: this one keeps the copied database's engine cached.
+    command = [sys.executable, "-m", "pipeline.stages.mlflow_init", *init]
+    assert subprocess.run(command, cwd=copy, capture_output=True, text=True).returncode == 0
+    record = json.loads((copy / "results" / "experiment.json").read_text())
+    assert record["artifact_root"] == "results/mlartifacts"
