@@ -32,41 +32,41 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and on its own: the CPU build on disk; otherwise a dependency's
 	# unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet $(TORCH_INDEX_FLAG) torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	"$(BIN)/pip" install --quiet $(TORCH_INDEX_FLAG) torch==2.13.0
+	"$(BIN)/pip" install --quiet -e '.[dev]'
 	touch $@
 
 setup: $(STAMP)
 
 study: setup
-	$(RUN) $(BIN)/snakemake $(ARGS)
+	$(RUN) "$(BIN)/snakemake" $(ARGS)
 
 dry-run: setup
-	$(RUN) $(BIN)/snakemake -n $(ARGS)
+	$(RUN) "$(BIN)/snakemake" -n $(ARGS)
 
 report: setup
-	$(RUN) $(BIN)/snakemake --report results/report.zip $(ARGS)
+	$(RUN) "$(BIN)/snakemake" --report results/report.zip $(ARGS)
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
 test: setup $(CHROMIUM)
-	$(RUN) $(BIN)/pytest -q
+	$(RUN) "$(BIN)/pytest" -q
 
 lint: setup
-	$(RUN) $(BIN)/snakemake --lint
-	$(BIN)/snakefmt --check .
-	$(BIN)/ruff check pipeline tests bench
+	$(RUN) "$(BIN)/snakemake" --lint
+	"$(BIN)/snakefmt" --check .
+	"$(BIN)/ruff" check pipeline tests bench
 
 gpu-check: setup
-	$(BIN)/python -c "import sys, torch; n = torch.cuda.device_count(); print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s) visible'); sys.exit(0 if n else 1)"
+	"$(BIN)/python" -c "import sys, torch; n = torch.cuda.device_count(); print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, {n} GPU(s) visible'); sys.exit(0 if n else 1)"
 
 ui: setup
-	$(BIN)/python -m pipeline.runtime.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
+	"$(BIN)/python" -m pipeline.runtime.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
 
 ui-stop: setup
-	$(BIN)/python -m pipeline.runtime.mlflow_ui --db results/mlflow.db --stop
+	"$(BIN)/python" -m pipeline.runtime.mlflow_ui --db results/mlflow.db --stop
 
 follow:
 	@while true; do \
