@@ -5,6 +5,9 @@
 #   make report   - pack the study's annotated outputs into results/report.zip
 #   make test     - set up and run the test suite
 #   make ui       - serve the MLflow UI on http://127.0.0.1:5000 and print the runs' address
+#   make unlock   - after a Snakemake run was killed (kill -9, a closed terminal): remove the
+#                   lock that stops the next run ("Directory cannot be locked"), unless a
+#                   Snakemake still runs in this folder (ARGS as above)
 #   make ui-stop  - stop a UI server left by a `make ui` wrapper killed with SIGKILL (it stops
 #                   its server itself on Ctrl-C, SIGTERM, SIGHUP and when make dies)
 #   make follow   - every 15 s, the last line (progress, rate, ETA) of each job log written in
@@ -26,7 +29,7 @@ TORCH_INDEX_FLAG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup study dry-run report test lint ui ui-stop follow gpu-check clean
+.PHONY: setup study dry-run report test lint ui ui-stop unlock follow gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +67,9 @@ gpu-check: setup
 
 ui: setup
 	"$(BIN)/python" -m pipeline.runtime.mlflow_ui --db results/mlflow.db --port $(UI_PORT)
+
+unlock: setup
+	$(RUN) "$(BIN)/python" -m pipeline.workflow.unlock $(ARGS)
 
 ui-stop: setup
 	"$(BIN)/python" -m pipeline.runtime.mlflow_ui --db results/mlflow.db --stop

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -267,6 +268,47 @@ def _resumable_run(client, resume_file: Path | None, experiment_id: str, tags: d
     return run_id
 
 
+def _process_alive(host: str | None, pid: str | None) -> bool:
+    """Whether the process a run was tagged with still runs (unknowable on another host: yes)."""
+    if host is None or pid is None or not pid.isdigit():
+        return False  # runs from before the tags: Snakemake's lock already rules out a twin
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_stale_runs(client, experiment_id: str, tags: dict, keep: str | None) -> list[str]:
+    """Mark ``KILLED`` the runs of this job (same rule and wildcards) that MLflow still shows
+    ``RUNNING`` though their process is gone: a job killed with SIGKILL (or a lost machine)
+    never ended its run. ``keep``: the run a resumed stage continues. Returns the ids ended."""
+    query = f"tags.rule = '{tags['rule']}' and attributes.status = 'RUNNING'"
+    ended = []
+    for run in _retry(client.search_runs, [experiment_id], query, max_results=1000):
+        same_job = run.data.tags.get("wildcards") == tags["wildcards"]
+        if not same_job or run.info.run_id == keep:
+            continue
+        if _process_alive(run.data.tags.get("host"), run.data.tags.get("pid")):
+            continue
+        _retry(
+            client.set_tag,
+            run.info.run_id,
+            "ended_by",
+            "a later attempt of the same job (its process was gone)",
+        )
+        _retry(client.set_terminated, run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        ids = ", ".join(ended)
+        print(f"marked {len(ended)} earlier MLflow run(s) of this job KILLED (their process had gone): {ids}")
+    return ended
+
+
 @contextmanager
 def stage_run(
     args: argparse.Namespace, stage_config: dict, resume_file: Path | None = None, runtime: dict | None = None
@@ -325,6 +367,8 @@ def _tracked(
     }
     name = "_".join([args.rule or "manual", *map(str, wildcards.values())])
     resumed = _resumable_run(client, resume_file, experiment.experiment_id, tags)
+    end_stale_runs(client, experiment.experiment_id, tags, keep=resumed)
+    tags |= {"host": socket.gethostname(), "pid": str(os.getpid())}
     if resumed is not None:
         _retry(client.update_run, resumed, "RUNNING")
         handle = StageRun(client, resumed)

@@ -9,12 +9,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.runtime import tracking
 from pipeline.stages import mlflow_init
+from tests.conftest import REPO
 
 N_PROCESSES = 4
 STEPS = 15
@@ -303,3 +305,36 @@ def test_a_copied_project_stops_before_writing_into_the_originals_artifacts(tmp_
     assert subprocess.run(command, cwd=copy, capture_output=True, text=True).returncode == 0
     record = json.loads((copy / "results" / "experiment.json").read_text())
     assert record["artifact_root"] == "results/mlartifacts"
+
+
+HANGING_STAGE = """
+import sys, time
+from pathlib import Path
+from tests.unit.test_tracking import _args
+from pipeline.runtime import tracking
+with tracking.stage_run(_args(Path(sys.argv[1]), "score", {"model": "base"}, Path(sys.argv[2])), {"a": 1}):
+    time.sleep(600)
+"""
+
+
+def test_a_run_left_running_by_a_kill_9_is_marked_killed_by_the_next_attempt(record, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    first_id = tmp_path / "first.txt"
+    killed = subprocess.Popen([sys.executable, "-c", HANGING_STAGE, str(record), str(first_id)], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not first_id.is_file() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.1)
+    killed.kill()  # SIGKILL: nothing ends its MLflow run
+    killed.wait()
+    client = MlflowClient(json.loads(record.read_text())["tracking_uri"])
+    stale = first_id.read_text().strip()
+    assert client.get_run(stale).info.status == "RUNNING"
+    other = _args(record, "score", {"model": "flow_grpo"}, tmp_path / "other.txt")
+    with tracking.stage_run(other, {"a": 1}):  # another job leaves it alone
+        pass
+    assert client.get_run(stale).info.status == "RUNNING"
+    with tracking.stage_run(_args(record, "score", {"model": "base"}, tmp_path / "second.txt"), {"a": 1}):
+        pass
+    assert client.get_run(stale).info.status == "KILLED"
+    assert client.get_run((tmp_path / "second.txt").read_text().strip()).info.status == "FINISHED"

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.workflow
 
 
 @pytest.mark.parametrize(
-    ("target", "tool"), [("dry-run", "snakemake"), ("ui-stop", "python"), ("lint", "ruff")]
+    ("target", "tool"),
+    [("dry-run", "snakemake"), ("ui-stop", "python"), ("unlock", "python"), ("lint", "ruff")],
 )
 def test_make_targets_run_from_a_path_with_a_space(tmp_path, target, tool):
     if shutil.which("make") is None:
