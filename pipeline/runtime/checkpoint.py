@@ -174,12 +174,15 @@ def drop_snapshots_after(folder: Path, iteration: int) -> None:
 
 @contextmanager
 def interrupt_note(checkpoint_dir: Path) -> Iterator[None]:
-    """Turn Ctrl-C (KeyboardInterrupt) into a one-line exit that says the checkpoint in
-    ``checkpoint_dir`` is kept and a rerun resumes: checkpoints are written by rename, so an
-    interrupt never leaves one half-written."""
+    """Turn Ctrl-C (KeyboardInterrupt) into a one-line exit that says whether a checkpoint in
+    ``checkpoint_dir`` is kept for a rerun to resume from: checkpoints are written by rename,
+    so an interrupt never leaves one half-written."""
     try:
         yield
     except KeyboardInterrupt:
-        raise SystemExit(
-            f"interrupted (Ctrl-C): the last checkpoint in {checkpoint_dir} is kept; rerun to resume from it"
-        ) from None
+        kept = (
+            f"the last checkpoint in {checkpoint_dir} is kept; rerun to resume from it"
+            if (checkpoint_dir / "state.json").is_file()
+            else f"no checkpoint was complete yet in {checkpoint_dir}; a rerun starts afresh"
+        )
+        raise SystemExit(f"interrupted (Ctrl-C): {kept}") from None

@@ -141,7 +141,14 @@ def test_one_ctrl_c_stops_training_with_its_reward_workers_and_a_rerun_resumes(t
     jsons = train_jsons(iterations=5, checkpoint_every=1, score_workers=2)
     args = [sys.executable, "-m", "pipeline.stages.train", *_train_args(tmp_path, train_split, jsons)]
     process = subprocess.Popen(
-        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        # As in a terminal: a shell's background job (CI's, maybe) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     state = tmp_path / "out" / "checkpoint" / "state.json"
     deadline = time.time() + 300
@@ -157,7 +164,7 @@ def test_one_ctrl_c_stops_training_with_its_reward_workers_and_a_rerun_resumes(t
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError("one Ctrl-C did not stop training within 30 s") from None
     assert process.returncode != 0 and time.monotonic() - interrupted < 30
-    assert "interrupted (Ctrl-C): the last checkpoint in" in output, output
+    assert "interrupted (Ctrl-C): the last checkpoint in" in output, output  # one was complete
     _wait_until_the_group_is_gone(process.pid)
     done = json.loads(state.read_text())["iteration"]
     assert 1 <= done < 5, "the run finished before it could be interrupted"
