@@ -19,7 +19,7 @@ def test_hostile_paths_are_quoted_not_executed(tmp_path):
     folder = copy_workflow(tmp_path)
     hostile = folder / "my prompts" / "p$(touch INJECTED).txt"
     hostile.parent.mkdir()
-    hostile.write_text(PROMPTS, encoding="utf-8")
+    hostile.write_text(PROMPTS * 40, encoding="utf-8")  # as many as an iteration samples (DAG check)
     published = folder / "my prompts" / "published `touch INJECTED2`.csv"
     published.write_text("prompt,text,color\n", encoding="utf-8")
     config = yaml.safe_load((folder / "configs" / "flow_grpo_ocr_test.yaml").read_text())
