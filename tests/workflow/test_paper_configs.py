@@ -18,7 +18,8 @@ SHARED_CAPTIONS = Path(__file__).resolve().parents[3] / "shared" / "data" / "pic
 
 def _lines(path: Path, fallback: list[str]) -> str:
     """Real prompts from ../shared where present (the plan does not read them), else a few."""
-    return path.read_text(encoding="utf-8") if path.is_file() else "\n".join(fallback) + "\n"
+    # The stand-in repeats its lines: an iteration's prompts must fit the split (checked by the DAG).
+    return path.read_text(encoding="utf-8") if path.is_file() else "\n".join(fallback * 200) + "\n"
 
 
 def provide_local_files(folder: Path, config: str) -> None:
