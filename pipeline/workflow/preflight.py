@@ -23,6 +23,8 @@ def train_prompts_at_most(cfg: StudyConfig) -> tuple[int, str] | None:
     path = Path(source.files.train)
     if not path.is_file():
         return None
+    # Newlines counted in bytes, not decoded: bytes that are not UTF-8 are the curation job's to
+    # report (it names the line and offset), not a reason to refuse the whole DAG.
     data = path.read_bytes()
     lines = data.count(b"\n") + (not data.endswith(b"\n"))
     selected = len(parse_line_range(source.files.train_lines, lines))
