@@ -45,12 +45,13 @@ from pipeline.config.load import load  # noqa: E402
 from pipeline.models.backends import load_policy  # noqa: E402
 from pipeline.rewards import build_rewards  # noqa: E402
 from pipeline.rewards.scoring import group_spread, score_images  # noqa: E402
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas  # noqa: E402
+from pipeline.sampling.schedule import flow_sigmas  # noqa: E402
 from pipeline.sampling.tree import (  # noqa: E402
     guided_velocity,
     ode_samples,  # noqa: E402
     sample_tree,
 )
+from pipeline.sampling.tree_schedule import TreeSchedule  # noqa: E402
 
 CANDIDATES = {"sde": ("sde", 0), "sde_ode_last": ("sde", -2), "cps": ("cps", 0)}
 

@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.models.mini import MiniConfig, MiniModel, MiniPolicy  # noqa: E402
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas  # noqa: E402
+from pipeline.sampling.schedule import flow_sigmas  # noqa: E402
 from pipeline.sampling.tree import sample_tree  # noqa: E402
+from pipeline.sampling.tree_schedule import TreeSchedule  # noqa: E402
 
 
 def main() -> int:

@@ -10,8 +10,9 @@ from pipeline.models.mini import MiniPolicy
 from pipeline.rewards import build_rewards
 from pipeline.rewards.scoring import group_spread, score_images, summarise
 from pipeline.runtime.progress import Progress
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.schedule import flow_sigmas
 from pipeline.sampling.tree import sample_tree
+from pipeline.sampling.tree_schedule import TreeSchedule
 
 
 def group_figures(

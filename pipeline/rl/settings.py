@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config.types import TRAIN_RUNTIME_KEYS, MethodConfig, TrainConfig
-from pipeline.sampling.schedule import TreeSchedule, equal_nfe_prompts, flow_sigmas, sde_mean_x_coefficient
+from pipeline.sampling.tree_schedule import TreeSchedule, equal_nfe_prompts
 
 
 @dataclass(frozen=True)
@@ -152,23 +152,6 @@ def iteration_prompt_count(train: TrainConfig, method: MethodSpec) -> int:
     if train.equal_sampling_nfe:
         return equal_nfe_prompts(train.prompts_per_iteration, method.schedule, train.gpus)
     return train.prompts_per_iteration
-
-
-def check_branch_noise(method: MethodSpec, raw: dict) -> None:
-    """Stop before any work when ``branch_noise_scale`` makes a branching step's Flow-SDE mean
-    flip the sample's sign (:func:`pipeline.sampling.schedule.sde_mean_x_coefficient`)."""
-    sampling, schedule = raw["sampling"], method.schedule
-    if sampling["sde_type"] != "sde" or not schedule.branch_steps:
-        return
-    level = sampling["noise_level"] * method.branch_noise_scale
-    coefficient = sde_mean_x_coefficient(flow_sigmas(schedule.num_steps, sampling["shift"]), level)
-    bad = [step for step in schedule.branch_steps if coefficient[step] <= 0]
-    if bad:
-        raise SystemExit(
-            f"method config key 'branch_noise_scale' ({method.branch_noise_scale}): at noise level "
-            f"{level:g} the Flow-SDE mean of branch steps {bad} has coefficient "
-            f"{float(coefficient[bad[0]]):.3f} <= 0 on x (it flips the sample); use a smaller scale"
-        )
 
 
 def scored_rewards(cfg: TrainConfig, raw: dict) -> list[str]:

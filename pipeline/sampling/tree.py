@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from pipeline.models.policy import Conditioning, Policy
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.schedule import flow_sigmas
 from pipeline.sampling.sde import sde_step_with_logprob
+from pipeline.sampling.tree_schedule import TreeSchedule
 
 
 @dataclass

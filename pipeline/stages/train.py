@@ -46,11 +46,29 @@ import torch
 from pipeline.models.backends import backend_options, load_policy
 from pipeline.models.weights import save_weights, trainable_weights
 from pipeline.rl import distributed
-from pipeline.rl.settings import check_branch_noise, run_plan
+from pipeline.rl.settings import MethodSpec, run_plan
 from pipeline.rl.trainer import train
 from pipeline.runtime import io, tracking
 from pipeline.runtime.checkpoint import SNAPSHOTS, interrupt_note, snapshot_files, snapshot_store
+from pipeline.sampling.schedule import flow_sigmas, sde_mean_x_coefficient
 from pipeline.workflow.sources import sources_digest
+
+
+def check_branch_noise(method: MethodSpec, raw: dict) -> None:
+    """Stop before any work when ``branch_noise_scale`` makes a branching step's Flow-SDE mean
+    flip the sample's sign (:func:`pipeline.sampling.schedule.sde_mean_x_coefficient`)."""
+    sampling, schedule = raw["sampling"], method.schedule
+    if sampling["sde_type"] != "sde" or not schedule.branch_steps:
+        return
+    level = sampling["noise_level"] * method.branch_noise_scale
+    coefficient = sde_mean_x_coefficient(flow_sigmas(schedule.num_steps, sampling["shift"]), level)
+    bad = [step for step in schedule.branch_steps if coefficient[step] <= 0]
+    if bad:
+        raise SystemExit(
+            f"method config key 'branch_noise_scale' ({method.branch_noise_scale}): at noise level "
+            f"{level:g} the Flow-SDE mean of branch steps {bad} has coefficient "
+            f"{float(coefficient[bad[0]]):.3f} <= 0 on x (it flips the sample); use a smaller scale"
+        )
 
 
 def write_outputs(out_dir: Path, policy, info: dict) -> None:

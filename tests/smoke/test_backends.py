@@ -9,8 +9,9 @@ import torch
 from pipeline.models.mini import MiniConfig, MiniModel, MiniPolicy, load_mini, parse_prompt, save_mini
 from pipeline.models.sd3 import SD3Policy
 from pipeline.models.sd3_random import build_random_sd3
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.schedule import flow_sigmas
 from pipeline.sampling.tree import sample_tree
+from pipeline.sampling.tree_schedule import TreeSchedule
 
 PROMPTS = [
     'A shop sign that reads "OPEN". The color of the text "OPEN" is red.',

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.models.backends import load_policy
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.schedule import flow_sigmas
 from pipeline.sampling.tree import ode_samples, sample_tree
+from pipeline.sampling.tree_schedule import TreeSchedule
 from tests.smoke.tiny import tiny_mini_dir
 
 PROMPTS = [f'A sign that reads "{word}". The color of the text "{word}" is red.' for word in "ABCDEFG"]

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.rl.credit import descendant_leaves, edge_weights, step_credit
 from pipeline.rl.loss import ppo_clip_loss
-from pipeline.sampling.schedule import TreeSchedule
+from pipeline.sampling.tree_schedule import TreeSchedule
 
 
 def _forest(schedule: TreeSchedule, prompts: int):

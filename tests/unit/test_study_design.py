@@ -16,9 +16,10 @@ from pipeline.config.types import TRAIN_RUNTIME_KEYS
 from pipeline.reporting.analysis import comparisons
 from pipeline.rl.settings import LoopSettings, MethodSpec, inverse_std_weights, run_plan, scored_rewards
 from pipeline.rl.update import edge_transitions
-from pipeline.sampling.schedule import TreeSchedule, equal_nfe_prompts, flow_sigmas, sde_mean_x_coefficient
+from pipeline.sampling.schedule import flow_sigmas, sde_mean_x_coefficient
 from pipeline.sampling.sde import sde_step_with_logprob
 from pipeline.sampling.tree import sample_tree
+from pipeline.sampling.tree_schedule import TreeSchedule, equal_nfe_prompts
 from pipeline.workflow import stage_params
 from tests.unit.test_config import default_raw
 from tests.unit.test_tree import LinearPolicy
@@ -47,6 +48,25 @@ def test_sde_mean_coefficient_by_hand():
     # twice the noise flips the first step's mean: 1 - 4 * 0.245 < 0.03
     assert sde_mean_x_coefficient(sigmas, 1.4)[0].item() == pytest.approx(0.02, abs=1e-6)
     assert sde_mean_x_coefficient(sigmas, 1.5)[0].item() < 0
+
+
+def test_a_branch_noise_scale_that_flips_the_mean_is_refused_before_training():
+    from pipeline.stages.train import check_branch_noise
+
+    schedule = TreeSchedule(num_steps=10, roots=1, branch_steps=(0, 1), branch_factors=(2, 2))
+    sampling = {"sde_type": "sde", "noise_level": 0.7, "shift": 3.0}
+    sigmas = flow_sigmas(10, 3.0)
+    flipping = next(scale for scale in (2.0, 4.0, 8.0) if sde_mean_x_coefficient(sigmas, 0.7 * scale)[0] <= 0)
+    check_branch_noise(MethodSpec(schedule, "mix_then_normalize"), {"sampling": sampling})
+    with pytest.raises(SystemExit, match=rf"'branch_noise_scale' \({flipping}\): .* branch steps \[0"):
+        check_branch_noise(
+            MethodSpec(schedule, "mix_then_normalize", branch_noise_scale=flipping), {"sampling": sampling}
+        )
+    # An ODE sampler takes no noisy step: nothing to refuse.
+    check_branch_noise(
+        MethodSpec(schedule, "mix_then_normalize", branch_noise_scale=flipping),
+        {"sampling": dict(sampling, sde_type="ode")},
+    )
 
 
 def test_a_per_row_noise_level_is_each_rows_own_step():

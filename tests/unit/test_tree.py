@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from pipeline.models.policy import Conditioning
-from pipeline.sampling.schedule import TreeSchedule, flow_sigmas
+from pipeline.sampling.schedule import flow_sigmas
 from pipeline.sampling.tree import sample_tree
+from pipeline.sampling.tree_schedule import TreeSchedule
 
 
 class LinearPolicy:
