@@ -31,6 +31,10 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 
+onstart:
+    check_train_launch(workflow.dag)
+
+
 rule all:
     default_target: True
     input:

@@ -2,6 +2,7 @@
 # the study's target list); no rules here.
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from pipeline.config.audit import check_self_contained
 from pipeline.config.files import canonical_json, read_yaml
 from pipeline.config.load import check_rewards
 from pipeline.config.load import load as load_config
-from pipeline.config.schema import coerce_strings, with_schema_defaults
+from pipeline.config.schema import ConfigError, coerce_strings, with_schema_defaults
 from pipeline.workflow import memory as study_memory
 from pipeline.workflow import sources as study_sources
 from pipeline.workflow import stage_params as stage_json
@@ -43,14 +44,16 @@ check_self_contained(
 # Paper-scale studies: the estimated GPU memory per job, before any job runs.
 if CFG.model.backend != "mini":
     print(study_memory.report(CFG), file=sys.stderr)
-# train.gpus is the ranks of a training job; a smaller --resources gpu cap lowers them (the
-# results do not change, the time does): say so rather than run 1 rank of 8 in silence.
+# On one node train.gpus is the ranks of a training job; a smaller --resources gpu cap lowers
+# them (the results do not change, the time does): say so rather than run 1 rank of 8 in
+# silence. A multi-node job's GPUs are its SLURM allocation's, outside the cap.
 _gpu_cap = workflow.global_resources.get("gpu")
 _gpu_cap = getattr(_gpu_cap, "value", _gpu_cap)
 if (
     isinstance(_gpu_cap, int)
     and _gpu_cap < CFG.train.gpus
     and CFG.model.backend != "mini"
+    and CFG.train.nodes == 1
 ):
     print(
         f"note: train.gpus is {CFG.train.gpus} but --resources gpu={_gpu_cap}: each training job "
@@ -71,6 +74,52 @@ SPREADS = f"{BASE_DIR}/card/group_spreads.json"
 # Every job that may use a GPU starts through the slot allocator (pipeline.workflow.gpu_slots): it
 # takes resources.gpu devices no other running job holds and pins the job to them.
 GPU_SLOTS = "python -m pipeline.workflow.gpu_slots {resources.gpu} -- "
+# A training job's processes: train.gpus on each of train.nodes nodes. One node: the slot
+# allocator, then the stage, which starts its ranks through torchrun. Several nodes: one SLURM
+# allocation (the executor plugin's resources below) whose command starts the stage once per
+# node through srun, each copy a torchrun agent meeting the others on the first node
+# (pipeline.rl.launch); srun's --label prefixes each line of the job's log with its node's task.
+MULTI_NODE = CFG.train.nodes > 1
+if MULTI_NODE:
+    TRAIN_RESOURCES = {
+        "nodes": CFG.train.nodes,
+        "tasks": CFG.train.nodes,  # one torchrun agent per node
+        "tasks_per_gpu": 0,  # else the plugin adds --ntasks-per-gpu=<tasks>: a task per GPU
+        "gres": f"gpu:{CFG.train.gpus}",  # per node; the gpu resource (--gpus) is the job's total
+        "mpi": "srun",  # the plugin leaves the command unwrapped; it runs its own srun
+    }
+    TRAIN_LAUNCH = (
+        "{resources.mpi} --nodes={resources.nodes} --ntasks={resources.tasks} --ntasks-per-node=1 "
+        "--gres={resources.gres} --cpus-per-task={threads} --kill-on-bad-exit=1 --label "
+    )
+    TRAIN_PROCESSES = f"--nproc {CFG.train.gpus} --nnodes {CFG.train.nodes}"
+else:
+    TRAIN_RESOURCES = {"gpu": CFG.train.gpus}
+    TRAIN_LAUNCH = GPU_SLOTS
+    TRAIN_PROCESSES = "--nproc {resources.gpu}"
+if MULTI_NODE and not workflow.remote_exec:
+    for _run in (f"{m}/seed{s}" for m in CFG.methods for s in CFG.train.seeds):
+        print(
+            f"train {_run}: {CFG.train.nodes} nodes x {CFG.train.gpus} GPUs = {CFG.train.ranks} ranks",
+            file=sys.stderr,
+        )
+
+
+def check_train_launch(dag):
+    """Stop before any job when a multi-node train job would start on this machine without
+    SLURM (run from ``onstart``: after the DAG, never in a dry run, which needs no cluster).
+    """
+    if not MULTI_NODE or not workflow.local_exec or shutil.which("srun"):
+        return
+    planned = [job for job in dag.needrun_jobs() if job.rule.name == "train"]
+    if planned:
+        raise ConfigError(
+            f"config key 'train.nodes' ({CFG.train.nodes}): a multi-node training job runs under SLURM "
+            f"(srun is not on PATH here), and {len(planned)} train job(s) are planned; run with "
+            "--workflow-profile profiles/slurm on the cluster, or set train.nodes to 1"
+        )
+
+
 # The score stage needs a GPU only for a model reward (PickScore); OCR runs on the CPUs.
 SCORE_GPUS = int(any(REWARDS[name].on_device for name in CFG.rewards.score))
 

@@ -23,8 +23,9 @@ rule train:
     threads: 2
     # One process per GPU granted (torchrun inside the job; a --resources gpu cap below
     # train.gpus lowers the grant, not the results); the threads are shared between them.
+    # With train.nodes > 1, one SLURM allocation of that many nodes (rules/common.smk).
     resources:
-        gpu=CFG.train.gpus,
+        **TRAIN_RESOURCES,
     params:
         cfg=train_params,
         runtime=runtime_json(stage_json.train_runtime),
@@ -34,10 +35,12 @@ rule train:
         wildcards=wildcards_json,
     shell:
         keep_failed_log(
-            GPU_SLOTS
+            TRAIN_LAUNCH
             + "python -u -m pipeline.stages.train --method {wildcards.method:q} --train {input.train:q} "
             "--base-model {params.base_dir:q} --config-json {params.cfg:q} --runtime-json {params.runtime:q} "
             "--out-dir {params.out_dir:q} {params.card} "
-            "--threads {threads} --nproc {resources.gpu} --mlflow-record {input.mlflow:q} --rule train "
+            "--threads {threads} "
+            + TRAIN_PROCESSES
+            + " --mlflow-record {input.mlflow:q} --rule train "
             "--wildcards {params.wildcards:q} --run-id-file {output.run_id:q}"
         )

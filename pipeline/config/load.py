@@ -109,9 +109,10 @@ def _check_study(cfg: StudyConfig, source: str) -> None:
             f"{', halved for CFG' if sampling.guidance != 1 else ''}), so that chunks batch the rows as the "
             "whole split would and the images do not depend on it"
         )
-    if train.prompts_per_iteration % train.gpus:
+    if train.prompts_per_iteration % train.ranks:
+        layout = f"train.gpus ({train.gpus})" + (f" x train.nodes ({train.nodes})" if train.nodes > 1 else "")
         raise ConfigError(
-            f"{source}: config key 'train.gpus' ({train.gpus}) must divide "
+            f"{source}: config key 'train.gpus': the ranks, {layout} = {train.ranks}, must divide "
             f"train.prompts_per_iteration ({train.prompts_per_iteration}): every GPU samples an equal share"
         )
     if train.z_weights is not None and not any(weight != 0 for weight in train.z_weights.values()):

@@ -155,6 +155,8 @@ TRAIN_RUNTIME_KEYS = (
     "probe_prompts",
     "probe_every",
     "probe_guidance",
+    "max_restarts",
+    "rendezvous_port",
 )
 
 
@@ -196,6 +198,9 @@ class TrainConfig:
     probe_guidance: float | None
     seeds: tuple[int, ...]
     gpus: int
+    nodes: int
+    max_restarts: int
+    rendezvous_port: int | None
     gradient_checkpointing: bool
     mixed_precision: str
     score_workers: int
@@ -206,6 +211,11 @@ class TrainConfig:
     # Not a config key: the seed of one training run, set by the workflow from its seed
     # wildcard (it seeds prompt draws, rollout noise and edge subsampling).
     seed: int = 0
+
+    @property
+    def ranks(self) -> int:
+        """Training processes of one run: ``gpus`` on each of ``nodes`` nodes."""
+        return self.nodes * self.gpus
 
     def advantage_z_weights(self) -> dict[str, float]:
         """``z_weights``, or 1 for every reward with a non-zero ``reward_weights`` entry."""

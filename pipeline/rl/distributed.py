@@ -1,7 +1,8 @@
 """Data-parallel GRPO across processes (one per GPU): ranks, prompt shards, gathers, gradients.
 
-``pipeline.stages.train --nproc N`` re-launches itself through torchrun (:func:`launch`); every
-worker joins the process group (:func:`init`) and, per iteration:
+``pipeline.stages.train --nproc N [--nnodes M]`` re-launches itself through torchrun
+(:mod:`pipeline.rl.launch`); every worker joins the process group (:func:`init`) and, per
+iteration:
 
 1. samples the forests of its contiguous shard of the iteration's prompts
    (:func:`prompt_shard`), each prompt with a seed of its own position in the global batch,
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,7 @@ class Ranks:
 
     rank: int = 0
     world_size: int = 1
+    local_size: int = 1  # the processes on this node, which share its CPU threads
 
     @property
     def is_main(self) -> bool:
@@ -64,27 +65,6 @@ def is_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch(nproc: int, module: str, argv: list[str]) -> int:
-    """Run ``python -m module argv`` in ``nproc`` processes, as ``torchrun --standalone
-    --nproc-per-node nproc -m module argv`` does; 0, or 1 if a process failed.
-
-    ``--standalone`` rendezvous on a free local port, so several jobs can share a machine.
-    The module's arguments are set after torchrun's parsing: its command line would take an
-    abbreviation of its own options among them (``--nproc`` for ``--nproc-per-node``).
-    """
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    config = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", module])
-    config.training_script_args = list(argv)
-    try:
-        torchrun.run(config)
-    except ChildFailedError as error:
-        print(error.format_msg(), file=sys.stderr)
-        return 1
-    return 0
-
-
 def init(device: str | None) -> tuple[Ranks, torch.device]:
     """This process's ranks and device; joins the process group when run by torchrun.
 
@@ -94,7 +74,7 @@ def init(device: str | None) -> tuple[Ranks, torch.device]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not is_worker():
         return SINGLE, device
-    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"]))
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)  # object collectives stage through the current device
@@ -112,7 +92,7 @@ def check_shardable(prompts_per_iteration: int, world_size: int) -> None:
     if prompts_per_iteration % world_size:
         raise ValueError(
             f"train.prompts_per_iteration {prompts_per_iteration} is not divisible by the "
-            f"{world_size} training processes (train.gpus): every GPU samples an equal share"
+            f"{world_size} training processes (train.gpus x train.nodes): every GPU samples an equal share"
         )
 
 

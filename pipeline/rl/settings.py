@@ -150,7 +150,7 @@ def iteration_prompt_count(train: TrainConfig, method: MethodSpec) -> int:
     """The distinct prompts one iteration of ``method`` samples: ``train.prompts_per_iteration``,
     or with ``equal_sampling_nfe`` those at which its rollouts cost a flat group's NFE."""
     if train.equal_sampling_nfe:
-        return equal_nfe_prompts(train.prompts_per_iteration, method.schedule, train.gpus)
+        return equal_nfe_prompts(train.prompts_per_iteration, method.schedule, train.ranks)
     return train.prompts_per_iteration
 
 

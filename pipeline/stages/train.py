@@ -2,7 +2,7 @@
 
     python -m pipeline.stages.train --method multi_grpo --train train.parquet --base-model DIR \
         --config-json '{"train": ..., "method": ..., "sampling": ..., "rewards": ..., "model": ...}' \
-        --runtime-json '{"max_minutes": ..., "probe_steps": ..., ...}' --out-dir DIR [--nproc N]
+        --runtime-json '{"max_minutes": ..., "probe_steps": ..., ...}' --out-dir DIR [--nproc N] [--nnodes M]
 
 ``--config-json`` holds what decides the trained weights (pipeline.workflow.stage_params.train_params);
 ``--runtime-json`` the time guard, worker count, memory layout and probe settings, which do not
@@ -27,14 +27,19 @@ With ``--nproc N`` (N > 1) the command re-launches itself in N processes through
 one per GPU: each samples and trains its share of the prompts, advantages come from the
 gathered batch and gradients are summed across processes, so an iteration computes what one
 process computes on the whole batch (:mod:`pipeline.rl.distributed`). Only rank 0 logs,
-probes and writes files.
+probes and writes files. With ``--nnodes M`` the command runs once on each of M nodes (SLURM's
+``srun``), each copy an agent of N processes, and the agents meet at a rendezvous on the job's
+first node (:mod:`pipeline.rl.launch`). With the run-time key ``max_restarts`` torchrun restarts
+the processes after one dies, and they resume from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,6 +51,7 @@ import torch
 from pipeline.models.backends import backend_options, load_policy
 from pipeline.models.weights import save_weights, trainable_weights
 from pipeline.rl import distributed
+from pipeline.rl.launch import Layout, launch, rendezvous
 from pipeline.rl.settings import MethodSpec, run_plan
 from pipeline.rl.trainer import train
 from pipeline.runtime import io, tracking
@@ -69,6 +75,24 @@ def check_branch_noise(method: MethodSpec, raw: dict) -> None:
             f"{level:g} the Flow-SDE mean of branch steps {bad} has coefficient "
             f"{float(coefficient[bad[0]]):.3f} <= 0 on x (it flips the sample); use a smaller scale"
         )
+
+
+def process_layout(args: argparse.Namespace, runtime: dict, prompts_per_iteration: int) -> Layout:
+    """The job's training processes from its command line and run-time settings; stops before
+    any work when an iteration's ``prompts_per_iteration`` do not shard evenly over them or its
+    nodes have no rendezvous."""
+    layout = Layout(args.nproc, args.nnodes, runtime.get("max_restarts", 0))
+    try:
+        distributed.check_shardable(prompts_per_iteration, layout.world_size)
+        if layout.nnodes > 1 and not distributed.is_worker():
+            if args.rdzv_endpoint:
+                endpoint, run_id = args.rdzv_endpoint, args.rdzv_id or "multigrpo"
+            else:
+                endpoint, run_id = rendezvous(layout.nnodes, runtime.get("rendezvous_port"), os.environ)
+            layout = dataclasses.replace(layout, endpoint=endpoint, run_id=args.rdzv_id or run_id)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    return layout
 
 
 def write_outputs(out_dir: Path, policy, info: dict) -> None:
@@ -99,7 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=0, help="CPU threads of the job (shared by its processes)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--nproc", type=int, default=1, help="training processes, one per GPU (torchrun)")
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="training processes per node, one per GPU (torchrun)"
+    )
+    parser.add_argument(
+        "--nnodes", type=int, default=1, help="nodes of the job, each running this command once (srun)"
+    )
+    parser.add_argument(
+        "--rdzv-endpoint",
+        default=None,
+        help="HOST:PORT of the nodes' rendezvous (default with --nnodes > 1: the SLURM job's first node)",
+    )
+    parser.add_argument("--rdzv-id", default=None, help="the rendezvous id (default: the SLURM job id)")
     tracking.add_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -116,16 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.prompts_per_iteration}); lower it or give the split more prompts"
         )
     check_branch_noise(method, raw)
-    try:
-        distributed.check_shardable(settings.prompts_per_iteration, args.nproc)
-    except ValueError as error:
-        raise SystemExit(str(error)) from error
-    if args.nproc > 1 and not distributed.is_worker():
-        return distributed.launch(args.nproc, "pipeline.stages.train", sys.argv[1:] if argv is None else argv)
+    layout = process_layout(args, runtime, settings.prompts_per_iteration)
+    if layout.needs_agent() and not distributed.is_worker():
+        return launch(layout, "pipeline.stages.train", sys.argv[1:] if argv is None else argv)
     ranks, device = distributed.init(args.device)
     try:
         if args.threads:
-            torch.set_num_threads(max(1, args.threads // ranks.world_size))
+            torch.set_num_threads(max(1, args.threads // ranks.local_size))
         torch.manual_seed(cfg.seed)
         policy = load_policy(
             model["backend"],

@@ -85,8 +85,10 @@ def pretrain_base_runtime(cfg: StudyConfig) -> dict:
 
 def train_params(cfg: StudyConfig, method: str, seed: int) -> dict:
     """One training run: method ``method``, training seed ``seed``. The study's seed list is
-    left out, so that adding a seed reruns no existing run."""
-    train = _without(cfg.train, (*TRAIN_RUNTIME_KEYS, "seeds")) | {"seed": int(seed)}
+    left out, so that adding a seed reruns no existing run, and so is ``nodes`` at 1, so that
+    the one-node runs trained before the key existed plan nothing."""
+    single_node = ("nodes",) if cfg.train.nodes == 1 else ()
+    train = _without(cfg.train, (*TRAIN_RUNTIME_KEYS, "seeds", *single_node)) | {"seed": int(seed)}
     return {
         "train": train,
         "method": dataclasses.asdict(cfg.methods[method]),

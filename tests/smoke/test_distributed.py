@@ -23,6 +23,7 @@ from pipeline.models.weights import trainable_weights
 from pipeline.rewards import build_rewards
 from pipeline.rl import distributed, rollouts, trainer
 from pipeline.rl.distributed import Ranks
+from pipeline.rl.launch import Layout, launch
 from pipeline.rl.settings import LoopSettings, MethodSpec, loop_settings, method_spec
 from pipeline.stages import train
 from tests.conftest import REPO
@@ -158,7 +159,7 @@ def test_two_processes_match_one(tmp_path, split, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     assert train.main(_args(base, split, tmp_path / "one", jsons)) == 0
     argv = [*_args(base, split, tmp_path / "two", jsons), "--nproc", "2"]
-    assert distributed.launch(2, "tests.smoke.test_distributed", argv) == 0
+    assert launch(Layout(2), "tests.smoke.test_distributed", argv) == 0
 
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     two, one = (load_file(tmp_path / out / "weights.safetensors") for out in ("two", "one"))

@@ -310,7 +310,8 @@ def test_sde_window_fits_the_steps_and_holds_every_branch_step():
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("train.gpus", 3, r"'train.gpus' \(3\) must divide train.prompts_per_iteration \(16\)"),
+        ("train.gpus", 3, r"'train.gpus': the ranks, train.gpus \(3\) = 3, must divide .*iteration \(16\)"),
+        ("train.nodes", 3, r"train.gpus \(1\) x train.nodes \(3\) = 3, must divide .*iteration \(16\)"),
         ("train.reward_weights", {"ocr": 0.0, "color": 0}, "'train.reward_weights': every weight is 0"),
         ("train.learning_rate", float("nan"), r"'train.learning_rate' \(nan\): numbers must be finite"),
         ("train.learning_rate", float("inf"), r"'train.learning_rate' \(inf\): numbers must be finite"),

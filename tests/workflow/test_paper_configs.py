@@ -105,7 +105,15 @@ def test_slurm_profile_dry_run_requests_cluster_resources(tmp_path):
     assert train, out[-2000:]
     resources = dict(item.split("=", 1) for item in train.group(1).split(", "))
     assert resources["slurm_partition"] == "<partition>" and resources["slurm_account"] == "<account>"
-    assert int(resources["gpu"]) >= 1 and int(resources["runtime"]) >= 2880
+    assert int(resources["runtime"]) >= 2880 and int(resources["cpus_per_task"]) == 16
+    # 8 GPUs on each of 4 nodes (--gres is per node), one task per node, no task per GPU
+    assert (resources["gres"], resources["nodes"], resources["tasks"], resources["tasks_per_gpu"]) == (
+        "gpu:8",
+        "4",
+        "4",
+        "0",
+    )
+    assert int(resources["gpu"]) == 0  # --gpus would be the job's total: not beside --gres
     card = re.search(r"rule dataset_card:.*?resources: ([^\n]*)", out, re.S)
     assert "gpu=0" in card.group(1)  # CPU rules stay small
 
@@ -145,14 +153,48 @@ def job_resources(out: str, rule: str) -> list[dict[str, str]]:
     return [dict(item.split("=", 1) for item in match.group(1).split(", ")) for match in found if match]
 
 
+def one_node(folder: Path) -> str:
+    """An overlay that runs the paper config's training on one 8-GPU node (48 prompts, Flow-GRPO's)."""
+    (folder / "one_node.yaml").write_text("train:\n  nodes: 1\n  prompts_per_iteration: 48\n")
+    return "one_node.yaml"
+
+
+def test_each_train_job_of_the_paper_config_is_one_job_of_four_nodes(tmp_path):
+    folder = copy_workflow(tmp_path)
+    provide_local_files(folder, "paper_ocr_color")
+    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml")
+    out = result.stdout + result.stderr
+    trains = job_resources(out, "train")
+    assert len(trains) == 4
+    for job in trains:  # the SLURM executor plugin's resources for one allocation over 4 nodes
+        assert (job["nodes"], job["tasks"], job["tasks_per_gpu"], job["gres"], job["mpi"]) == (
+            "4",
+            "4",
+            "0",
+            "gpu:8",
+            "srun",
+        )
+    launch = (
+        "srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --gres=gpu:8 --cpus-per-task=2 --kill-on-bad-exit=1 "
+        "--label python -u -m pipeline.stages.train"
+    )
+    assert out.count(launch) == 4 and out.count("--nproc 8 --nnodes 4 ") == 4
+    assert "gpu_slots 8 -- python -u -m pipeline.stages.train" not in out
+    for method in ("flow_grpo", "reward_group", "tree_grpo", "multi_grpo"):  # said before any job
+        assert f"train {method}/seed0: 4 nodes x 8 GPUs = 32 ranks" in out
+    assert "training, per rank (microbatch 9): est. 48 GB" in out
+
+
 def test_eight_gpus_on_one_node_give_each_train_job_eight_ranks_and_pickscore_its_gpu(tmp_path):
     folder = copy_workflow(tmp_path)
     provide_local_files(folder, "paper_ocr_color")
-    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml", "--resources", "gpu=8")
+    config = ("--configfile", "configs/paper_ocr_color.yaml", one_node(folder))
+    result = snakemake(folder, "-n", *config, "--resources", "gpu=8")
     out = result.stdout + result.stderr
     trains = job_resources(out, "train")
     assert len(trains) == 4 and {job["gpu"] for job in trains} == {"8"}  # train.gpus, granted whole
-    assert out.count("--nproc 8 ") == 4
+    assert not any("nodes" in job or "mpi" in job for job in trains)
+    assert out.count("--nproc 8 ") == 4 and "srun" not in out and "nodes x" not in out
     assert "pipeline.workflow.gpu_slots 8 -- python -u -m pipeline.stages.train" in out
     assert {job["gpu"] for job in job_resources(out, "score")} == {"1"}  # PickScore on the GPU
     assert {job["gpu"] for job in job_resources(out, "sample_eval")} == {"1"}
@@ -181,7 +223,8 @@ def test_a_self_contained_config_that_leaves_a_key_to_config_yaml_is_stopped(tmp
 def test_a_gpu_cap_below_train_gpus_is_said_before_the_run(tmp_path):
     folder = copy_workflow(tmp_path)
     provide_local_files(folder, "paper_ocr_color")
-    result = snakemake(folder, "-n", "--configfile", "configs/paper_ocr_color.yaml")  # the profile's gpu: 1
+    config = ("--configfile", "configs/paper_ocr_color.yaml", one_node(folder))
+    result = snakemake(folder, "-n", *config)  # the workstation profile's gpu: 1
     out = result.stdout + result.stderr
     assert "note: train.gpus is 8 but --resources gpu=1: each training job runs 1 rank(s)" in out
     assert out.count("--nproc 1 ") == 4
