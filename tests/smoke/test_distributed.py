@@ -90,7 +90,7 @@ def test_indivisible_batch_fails_before_any_launch(tmp_path, split, monkeypatch)
     def no_launch(*args):
         raise AssertionError("launched")
 
-    monkeypatch.setattr(distributed, "launch", no_launch)
+    monkeypatch.setattr(train, "launch", no_launch)
     jsons = train_jsons(prompts_per_iteration=3, equal_sampling_nfe=False)  # 3 stays 3
     with pytest.raises(SystemExit, match="train.prompts_per_iteration 3 is not divisible by the 2"):
         train.main([*_args(tmp_path, split, tmp_path / "out", jsons), "--nproc", "2"])
@@ -98,11 +98,16 @@ def test_indivisible_batch_fails_before_any_launch(tmp_path, split, monkeypatch)
 
 def test_main_relaunches_itself_through_torchrun(tmp_path, split, monkeypatch):
     calls = []
-    monkeypatch.setattr(distributed, "launch", lambda *args: calls.append(args) or 7)
+    monkeypatch.setattr(train, "launch", lambda *args: calls.append(args) or 7)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     argv = [*_args(tmp_path, split, tmp_path / "out", train_jsons(gpus=2)), "--nproc", "2"]
     assert train.main(argv) == 7  # the launcher's exit code
-    assert calls == [(2, "pipeline.stages.train", argv)]
+    assert calls == [(Layout(2), "pipeline.stages.train", argv)]
+    # One process that may restart (train.max_restarts) runs under torchrun's agent too.
+    config_json, runtime_json = train_jsons()
+    restarting = (config_json, json.dumps(json.loads(runtime_json) | {"max_restarts": 1}))
+    argv = _args(tmp_path, split, tmp_path / "restarting", restarting)
+    assert train.main(argv) == 7 and calls[-1] == (Layout(1, 1, 1), "pipeline.stages.train", argv)
 
 
 def test_prompt_noise_does_not_depend_on_the_shard(tmp_path):
