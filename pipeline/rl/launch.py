@@ -10,6 +10,7 @@ starts them again, and they resume from the run's last checkpoint.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 # Ports for a rendezvous whose port is not configured: below Linux's ephemeral range
 # (32768 and up), so that no client socket holds one by chance.
 PORT_BASE, PORT_SPAN = 10000, 20000
+# torch's switch that keeps workers off the agents' rendezvous store (see :func:`launch`).
+SHARED_STORE_SWITCH = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,11 @@ def launch(layout: Layout, module: str, argv: list[str]) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    # A fresh store for every round of workers, hosted by their rank 0. The agents' rendezvous
+    # store, which workers share by default, outlives a restart with the dead workers' gloo
+    # addresses in it: restarted workers read them and wait on dead peers (seen here: 2 agents,
+    # one worker SIGKILLed, the restarted ranks hung in gloo's connect).
+    os.environ[SHARED_STORE_SWITCH] = "1"
     config = torchrun.parse_args(layout.torchrun_args(module))
     config.training_script_args = list(argv)
     try:
