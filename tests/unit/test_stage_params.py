@@ -41,8 +41,11 @@ def _every_stage(cfg) -> dict:
 def test_a_training_run_gets_every_train_key_but_the_runtime_ones_and_the_seed_list(cfg):
     train = stage_params.train_params(cfg, "multi_grpo", 3)["train"]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert set(train) == fields - set(TRAIN_RUNTIME_KEYS) - {"seeds"}
+    # nodes only above 1: one-node runs trained before the key existed keep their params
+    assert set(train) == fields - set(TRAIN_RUNTIME_KEYS) - {"seeds", "nodes"}
     assert train["seed"] == 3
+    spread = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, nodes=2))
+    assert stage_params.train_params(spread, "multi_grpo", 3)["train"] == train | {"nodes": 2}
     runtime = stage_params.train_runtime(cfg)
     assert set(runtime) == {*TRAIN_RUNTIME_KEYS, "probe_steps"}
     # The probe previews the test split: the evaluation's guidance (probe_guidance null) and steps.
@@ -61,6 +64,7 @@ def test_a_training_run_gets_every_train_key_but_the_runtime_ones_and_the_seed_l
         ("train", {"channels_last": True}),
         ("train", {"probe_every": 9, "probe_prompts": 3, "probe_guidance": 2.5}),
         ("train", {"stall_minutes": 1.5}),
+        ("train", {"max_restarts": 3, "rendezvous_port": 29400}),
         ("pretrain", {"max_minutes": 99.0, "on_time_limit": "stop", "stall_minutes": 2.5}),
     ],
 )

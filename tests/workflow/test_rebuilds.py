@@ -107,6 +107,8 @@ def test_a_training_key_plans_training_and_what_follows(study):
         ("train.probe_every", 1),
         ("train.probe_prompts", 2),
         ("train.probe_guidance", 3.0),
+        ("train.max_restarts", 2),
+        ("train.rendezvous_port", 29400),
         ("pretrain.max_minutes", 9.0),
         ("pretrain.on_time_limit", "stop"),
         ("pretrain.stall_minutes", 40.0),
