@@ -154,9 +154,9 @@ def job_resources(out: str, rule: str) -> list[dict[str, str]]:
 
 
 def one_node(folder: Path) -> str:
-    """An overlay that runs the paper config's training on one 8-GPU node (48 prompts, Flow-GRPO's)."""
-    (folder / "one_node.yaml").write_text("train:\n  nodes: 1\n  prompts_per_iteration: 48\n")
-    return "one_node.yaml"
+    """The shipped overlay that runs the paper config's training on one 8-GPU node."""
+    assert (folder / "configs" / "one_node.yaml").is_file()
+    return "configs/one_node.yaml"
 
 
 def test_each_train_job_of_the_paper_config_is_one_job_of_four_nodes(tmp_path):
