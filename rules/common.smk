@@ -97,12 +97,6 @@ else:
     TRAIN_RESOURCES = {"gpu": CFG.train.gpus}
     TRAIN_LAUNCH = GPU_SLOTS
     TRAIN_PROCESSES = "--nproc {resources.gpu}"
-if MULTI_NODE and not workflow.remote_exec:
-    for _run in (f"{m}/seed{s}" for m in CFG.methods for s in CFG.train.seeds):
-        print(
-            f"train {_run}: {CFG.train.nodes} nodes x {CFG.train.gpus} GPUs = {CFG.train.ranks} ranks",
-            file=sys.stderr,
-        )
 
 
 def check_train_launch(dag):
@@ -222,6 +216,13 @@ def train_params(wildcards):
 # the study evaluates: the base model, every run, and with evaluation.equal_nfe_reference the
 # snapshot METHOD/seedN/equal_nfe of every run without a tree.
 RUNS = {f"{m}/seed{s}": (m, s) for m in CFG.methods for s in CFG.train.seeds}
+# A multi-node study says each train job's layout before any job (not again inside each job).
+if MULTI_NODE and not workflow.remote_exec:
+    for _run in RUNS:
+        print(
+            f"train {_run}: {CFG.train.nodes} nodes x {CFG.train.gpus} GPUs = {CFG.train.ranks} ranks",
+            file=sys.stderr,
+        )
 EQUAL_NFE = (
     {
         f"{run}/equal_nfe": (m, s)

@@ -86,7 +86,7 @@ def process_layout(args: argparse.Namespace, runtime: dict, prompts_per_iteratio
         distributed.check_shardable(prompts_per_iteration, layout.world_size)
         if layout.nnodes > 1 and not distributed.is_worker():
             if args.rdzv_endpoint:
-                endpoint, run_id = args.rdzv_endpoint, args.rdzv_id or "multigrpo"
+                endpoint, run_id = args.rdzv_endpoint, "multigrpo"
             else:
                 endpoint, run_id = rendezvous(layout.nnodes, runtime.get("rendezvous_port"), os.environ)
             layout = dataclasses.replace(layout, endpoint=endpoint, run_id=args.rdzv_id or run_id)

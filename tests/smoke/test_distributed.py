@@ -44,11 +44,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
+    return write_split(tmp_path_factory.mktemp("split") / "train.parquet")
+
+
+def write_split(path: Path) -> Path:
+    """A train split of the four WORDS, one prompt each, at ``path``."""
     rows = [
         {"prompt": f'A sign that reads "{w}". The color of the text "{w}" is {c}.', "text": w, "color": c}
         for w, c in WORDS
     ]
-    path = tmp_path_factory.mktemp("split") / "train.parquet"
     pd.DataFrame(rows).to_parquet(path)
     return path
 

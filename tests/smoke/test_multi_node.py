@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
-from tests.smoke.test_distributed import WORDS
+from tests.smoke.test_distributed import _args, write_split
 from tests.smoke.tiny import tiny_mini_dir, train_jsons
 
 ITERATIONS = 6
@@ -41,35 +41,13 @@ def _jsons(max_restarts: int = 0, **layout) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("multi_node")
-    rows = [
-        {"prompt": f'A sign that reads "{w}". The color of the text "{w}" is {c}.', "text": w, "color": c}
-        for w, c in WORDS
-    ]
-    pd.DataFrame(rows).to_parquet(folder / "train.parquet")
-    return {"base": tiny_mini_dir(folder / "mini"), "split": folder / "train.parquet", "folder": folder}
+    split = write_split(folder / "train.parquet")
+    return {"base": tiny_mini_dir(folder / "mini"), "split": split, "folder": folder}
 
 
 def _command(inputs: dict[str, Path], out: Path, jsons: tuple[str, str], *layout: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.stages.train",
-        "--method",
-        "multi_grpo",
-        "--train",
-        str(inputs["split"]),
-        "--base-model",
-        str(inputs["base"]),
-        "--config-json",
-        jsons[0],
-        "--runtime-json",
-        jsons[1],
-        "--out-dir",
-        str(out),
-        "--device",
-        "cpu",
-        *layout,
-    ]
+    train = _args(inputs["base"], inputs["split"], out, jsons)
+    return [sys.executable, "-m", "pipeline.stages.train", *train, *layout]
 
 
 def _environment() -> dict[str, str]:
